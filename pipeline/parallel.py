@@ -1,0 +1,83 @@
+"""Run independent chunk tasks on Dask: a LocalCluster by default, or an existing cluster by address."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+@dataclass
+class TaskFailure:
+    item: Any
+    error: str
+
+
+class StageTasksFailed(RuntimeError):
+    """Some chunk tasks failed; the others are finished and a rerun redoes only these."""
+
+    def __init__(self, what: str, failures: list[TaskFailure]) -> None:
+        self.failures = failures
+        first = failures[0].error.strip().splitlines()[-1] if failures[0].error.strip() else "unknown error"
+        super().__init__(f"{what}: {len(failures)} task(s) failed (first: {failures[0].item}: {first}); "
+                         "fix the cause and rerun the same command: finished chunks are kept")
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, n_workers: int | None = None,
+                threads_per_worker: int = 1) -> Iterator[Any]:
+    """A distributed Client: to `scheduler` (an address like tcp://host:8786) or a new LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler, timeout="30s") as client:
+            yield client
+        return
+    workers = n_workers or os.cpu_count() or 1
+    with LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        yield client
+
+
+def run_tasks(fn: Callable[[Any], Any], items: Sequence[Any], *, scheduler: str | None = None,
+              n_workers: int | None = None, desc: str = "tasks", progress: bool = True,
+              on_result: Callable[[Any], None] | None = None) -> list[Any]:
+    """Run `fn(item)` for every item on Dask; return results in completion order.
+
+    Every task runs even if some fail; failures are raised together at the end as StageTasksFailed.
+    A task whose worker dies is retried on another worker (Dask reschedules it).
+    """
+    if not items:
+        return []
+    from distributed import as_completed
+
+    results, failures = [], []
+    with dask_client(scheduler, n_workers) as client:
+        futures = client.map(_guarded, [fn] * len(items), list(items), pure=False, retries=2)
+        bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="chunk")
+        for future in as_completed(futures):
+            ok, item, value = future.result()
+            if ok:
+                results.append(value)
+                if on_result:
+                    on_result(value)
+            else:
+                failures.append(TaskFailure(item, value))
+            bar.update(1)
+        bar.close()
+    if failures:
+        raise StageTasksFailed(desc, failures)
+    return results
+
+
+def _guarded(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any, Any]:
+    """Run a task and turn an exception into data, so one bad chunk does not stop the others."""
+    try:
+        return True, item, fn(item)
+    except Exception:  # reported to the driver with its traceback
+        return False, item, traceback.format_exc()

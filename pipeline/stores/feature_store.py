@@ -1,0 +1,204 @@
+"""The feature store: Kaldi fbank of every clip of a manifest in one chunked Zarr v3 group."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from data_manifests.manifest import Manifest
+from pipeline.config import FeatureConfig, Normalization, fingerprint
+from pipeline.stores.chunks import (StoreError, chunk_range, create_store, mark_chunk_done, n_chunks,
+                                    open_store, pending_chunks, require_complete)
+from pipeline.version import code_version
+
+SCHEMA = "cmkd-pipe/features/1"
+
+
+def feature_fingerprint(manifest_hash: str, feature_config: FeatureConfig) -> str:
+    """What a logits store records to prove which features it was computed from."""
+    return fingerprint({"manifest": manifest_hash, "features": feature_config.to_dict()})
+
+
+def create_feature_store(path: str | os.PathLike, manifest: Manifest, config: FeatureConfig,
+                         chunk_clips: int) -> zarr.Group:
+    """Lay out an empty store for `manifest` (metadata, labels, splits); fbank chunks come later."""
+    n, t, f, k = len(manifest), config.target_frames, config.num_mel_bins, len(manifest.vocabulary)
+    clips = manifest.clips
+
+    def build(group: zarr.Group) -> None:
+        group.create_array("fbank", shape=(n, t, f), chunks=(chunk_clips, t, f), dtype="float16", fill_value=0)
+        group.create_array("valid_frames", shape=(n,), chunks=(chunk_clips,), dtype="int32", fill_value=0)
+        group.create_array("ok", shape=(n,), chunks=(chunk_clips,), dtype=bool, fill_value=False)
+        group.create_array("reason", shape=(n,), chunks=(chunk_clips,), dtype=str)
+        group.create_array("chunk_stats", shape=(n_chunks(n, chunk_clips), 3), chunks=(1, 3), dtype="float64",
+                           fill_value=0)
+        for name, values, dtype in [("clip_id", clips["clip_id"].to_numpy(str), str),
+                                    ("split", clips["split"].to_numpy(str), str),
+                                    ("fold", clips["fold"].to_numpy(np.int16), "int16"),
+                                    ("weight", clips["weight"].to_numpy(np.float32), "float32")]:
+            group.create_array(name, shape=(n,), chunks=(chunk_clips,), dtype=dtype)[:] = values
+        group.create_array("targets", shape=(n, k), chunks=(chunk_clips, k), dtype="uint8")[:] = manifest.targets()
+
+    attrs = {
+        "schema": SCHEMA,
+        "feature_config": config.to_dict(),
+        "manifest_hash": manifest.hash(),
+        "manifest_name": manifest.name,
+        "vocabulary": manifest.vocabulary.to_records(),
+        "multilabel": manifest.multilabel,
+        "chunk_clips": chunk_clips,
+        "n_clips": n,
+        "code_version": code_version(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return create_store(path, build, attrs, n_chunks(n, chunk_clips))
+
+
+def open_for_writing(path: str | os.PathLike, manifest: Manifest, config: FeatureConfig) -> zarr.Group:
+    """Open an existing store to resume it, refusing one built from another manifest or config."""
+    group = open_store(path, SCHEMA, mode="r+")
+    if group.attrs["manifest_hash"] != manifest.hash():
+        raise StoreError(f"{path}: built from another manifest (hash {group.attrs['manifest_hash']} != "
+                         f"{manifest.hash()}); pass --overwrite to rebuild it or choose another --out")
+    diff = config.differences(FeatureConfig.from_dict(group.attrs["feature_config"]))
+    if diff:
+        raise StoreError(f"{path}: built with other feature settings ({'; '.join(diff)}); "
+                         "pass --overwrite to rebuild it or choose another --out")
+    return group
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk task produced: its statistics and the clips it could not use."""
+
+    index: int
+    stats: tuple[float, float, float]
+    bad: list[tuple[str, str]]  # (clip_id, reason)
+
+
+def write_chunk(group: zarr.Group, index: int, fbank: np.ndarray, valid: np.ndarray, ok: np.ndarray,
+                reasons: list[str]) -> tuple[float, float, float]:
+    """Write one chunk's region, its statistics row, then its done marker (last)."""
+    start, stop = chunk_range(index, group.attrs["chunk_clips"], group.attrs["n_clips"])
+    group["fbank"][start:stop] = fbank.astype(np.float16)
+    group["valid_frames"][start:stop] = valid
+    group["ok"][start:stop] = ok
+    group["reason"][start:stop] = np.array(reasons, dtype=str)
+    stats = _chunk_statistics(fbank, valid, ok)
+    group["chunk_stats"][index] = np.array(stats)
+    mark_chunk_done(group, index)
+    return stats
+
+
+def _chunk_statistics(fbank: np.ndarray, valid: np.ndarray, ok: np.ndarray) -> tuple[float, float, float]:
+    """Σx, Σx², count over the real (unpadded) frames of good clips, in float64."""
+    total = total_sq = count = 0.0
+    for clip, frames, good in zip(fbank, valid, ok):
+        if good and frames:
+            real = clip[:frames].astype(np.float64)
+            total += real.sum()
+            total_sq += np.square(real).sum()
+            count += real.size
+    return total, total_sq, count
+
+
+def finalize(group: zarr.Group) -> dict:
+    """Once every chunk is done: dataset mean/std over valid frames, bad count, `complete: true`."""
+    if pending_chunks(group):
+        raise StoreError("cannot finalize: chunks still pending")
+    total, total_sq, count = np.asarray(group["chunk_stats"][:]).sum(axis=0)
+    if count == 0:
+        raise StoreError("no usable clip in the whole corpus: every clip was rejected (see bad_clips.csv)")
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    n_bad = int((~np.asarray(group["ok"][:])).sum())
+    summary = {"mean": float(mean), "std": float(std), "n_bad": n_bad}
+    group.attrs.update({**summary, "complete": True})
+    return summary
+
+
+def bad_clip_table(group: zarr.Group) -> pd.DataFrame:
+    """clip_id and reason of every clip flagged as bad."""
+    ok = np.asarray(group["ok"][:])
+    done = np.repeat(np.asarray(group["chunk_done"][:]).astype(bool), group.attrs["chunk_clips"])[: len(ok)]
+    rows = np.flatnonzero(~ok & done)
+    return pd.DataFrame({"clip_id": np.asarray(group["clip_id"][:])[rows],
+                         "reason": np.asarray(group["reason"][:])[rows]})
+
+
+class FeatureStore:
+    """Read side of a complete feature store, used by training, teacher inference and evaluation."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.group = open_store(self.path, SCHEMA, mode="r")
+        require_complete(self.group, self.path)
+        attrs = self.group.attrs
+        self.feature_config = FeatureConfig.from_dict(attrs["feature_config"])
+        self.vocabulary: list[dict] = list(attrs["vocabulary"])
+        self.multilabel: bool = bool(attrs["multilabel"])
+        self.chunk_clips: int = int(attrs["chunk_clips"])
+        self.manifest_hash: str = attrs["manifest_hash"]
+        self.mean: float = float(attrs["mean"])
+        self.std: float = float(attrs["std"])
+        self.fbank = self.group["fbank"]
+        self.clip_ids = np.asarray(self.group["clip_id"][:]).astype(str)
+        self.splits = np.asarray(self.group["split"][:]).astype(str)
+        self.folds = np.asarray(self.group["fold"][:])
+        self.weights = np.asarray(self.group["weight"][:])
+        self.targets = np.asarray(self.group["targets"][:])
+        self.ok = np.asarray(self.group["ok"][:])
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.vocabulary)
+
+    @property
+    def fingerprint(self) -> str:
+        return feature_fingerprint(self.manifest_hash, self.feature_config)
+
+    def normalization(self, divisor: float = 2.0) -> Normalization:
+        return Normalization(self.mean, self.std, divisor)
+
+    def select(self, spec: str) -> np.ndarray:
+        """Indices of good clips matching a split spec: 'train', 'val,eval', 'fold==1', 'fold!=1', 'all'."""
+        return self.ok.nonzero()[0][select_mask(spec, self.splits, self.folds)[self.ok]]
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """fbank rows for sorted or unsorted indices, as float32 [n, T, F] (reads whole chunks once)."""
+        indices = np.asarray(indices)
+        order = np.argsort(indices, kind="stable")
+        rows = self.fbank.get_orthogonal_selection((indices[order],))
+        out = np.empty_like(rows, dtype=np.float32)
+        out[order] = rows
+        return out
+
+
+def select_mask(spec: str, splits: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Boolean mask for a split spec (see FeatureStore.select)."""
+    spec = spec.strip()
+    if spec == "all":
+        return np.ones(len(splits), dtype=bool)
+    for op in ("==", "!="):
+        if spec.startswith("fold" + op):
+            try:
+                fold = int(spec[len("fold") + 2:])
+            except ValueError:
+                raise StoreError(f"split spec {spec!r}: expected fold==K or fold!=K with an integer K") from None
+            if fold not in set(folds.tolist()):
+                raise StoreError(f"split spec {spec!r}: no clip has fold {fold} (folds: {sorted(set(folds.tolist()))})")
+            return folds == fold if op == "==" else folds != fold
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(splits.tolist()))
+    if unknown:
+        raise StoreError(f"split spec {spec!r}: unknown split(s) {unknown}; the store has {sorted(set(splits.tolist()))}")
+    return np.isin(splits, names)
