@@ -1,0 +1,90 @@
+"""Registry of manifest builders: `build_manifest(kind, root, **options)` is what the CLI calls.
+
+kind      root                          options (defaults)
+esc50     the ESC-50 folder             -
+fsd50k    folder with FSD50K.* folders  -
+folder    root/<class>/<files>          folds (5; 0 = none)
+csv       the labelled CSV file         audio_root (the CSV's folder)
+audioset  folder with the csvs          segments (every *_segments.csv in root), class_labels
+                                        ("class_labels_indices.csv"), audio_dir ("audio"), on_missing ("error")
+ast-json  folder with the datafiles     splits (every *.json in root, split = file stem), class_labels
+                                        ("class_labels_indices.csv"), multilabel (inferred)
+Relative file options are taken relative to root. List options also accept a comma-separated string
+("balanced_train_segments.csv,eval_segments.csv"), `splits` also "train=tr.json,eval=ev.json".
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Callable
+
+from data_manifests.ast_json import LABELS_FILE, read_ast_json
+from data_manifests.audioset import build_audioset
+from data_manifests.esc50 import build_esc50
+from data_manifests.folder import build_folder
+from data_manifests.fsd50k import build_fsd50k
+from data_manifests.generic_csv import build_generic_csv
+from data_manifests.manifest import Manifest, ManifestError
+
+
+def _csv(root: Path, audio_root: str | os.PathLike | None = None) -> Manifest:
+    if not root.is_file():
+        raise ManifestError(f"{root}: for kind 'csv' root is the labelled CSV file itself (columns path,label)")
+    return build_generic_csv(root, audio_root)
+
+
+def _audioset(root: Path, segments: list[str] | str | None = None, class_labels: str = LABELS_FILE,
+              audio_dir: str = "audio", on_missing: str = "error") -> Manifest:
+    if segments is None:
+        csvs = sorted(root.glob("*_segments.csv"))
+        if not csvs:
+            raise ManifestError(f"{root}: no *_segments.csv here; download AudioSet's segment lists or pass segments=")
+    else:
+        csvs = [root / s for s in _as_list(segments)]
+    return build_audioset(csvs, root / class_labels, root / audio_dir, on_missing)
+
+
+def _ast_json(root: Path, splits: dict[str, str] | str | None = None, class_labels: str = LABELS_FILE,
+              multilabel: bool | None = None) -> Manifest:
+    if splits is None:
+        files = {p.stem: p for p in sorted(root.glob("*.json"))}
+        if not files:
+            raise ManifestError(f"{root}: no *.json datafiles here; pass splits={{split: file}}")
+    else:
+        pairs = splits.items() if isinstance(splits, dict) else (_split_pair(s) for s in _as_list(splits))
+        files = {split: root / name for split, name in pairs}
+    return read_ast_json(files, root / class_labels, multilabel)
+
+
+BUILDERS: dict[str, Callable[..., Manifest]] = {
+    "esc50": build_esc50,
+    "fsd50k": build_fsd50k,
+    "folder": build_folder,
+    "csv": _csv,
+    "audioset": _audioset,
+    "ast-json": _ast_json,
+}
+
+
+def build_manifest(kind: str, root: str | os.PathLike, **options) -> Manifest:
+    """Build the validated manifest of corpus layout `kind` found at `root` (see the module table)."""
+    if kind not in BUILDERS:
+        raise ManifestError(f"unknown manifest kind {kind!r}; choose one of {sorted(BUILDERS)}")
+    builder = BUILDERS[kind]
+    accepted = list(inspect.signature(builder).parameters)[1:]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ManifestError(f"manifest kind {kind!r} takes no option(s) {unknown}; it takes {accepted or 'none'}")
+    return builder(Path(root), **options)
+
+
+def _as_list(value: list[str] | str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+
+
+def _split_pair(text: str) -> tuple[str, str]:
+    split, sep, name = text.partition("=")
+    if not sep or not split.strip() or not name.strip():
+        raise ManifestError(f"splits entry {text!r} must read split=file.json")
+    return split.strip(), name.strip()
