@@ -1,0 +1,288 @@
+"""Batch augmentation (SpecAugment, feature-domain mixup) and deterministic teacher views.
+
+Feature-domain mixup: AST mixes waveforms, λ·w_a + (1 − λ)·w_b with λ ~ Beta(10, 10), and recomputes
+the fbank. We mix the stored log-mel instead, so no fbank is recomputed. Mode "power" mixes mel
+powers, log(λ·e^a + (1 − λ)·e^b): the mixture of two uncorrelated sources up to a level offset (the
+waveform mix gives weights λ², (1 − λ)², about 3 dB quieter at λ = 0.5), and mixing a clip with
+itself returns it unchanged, as the waveform mix does. Mode "logmel" mixes the log-mel linearly
+(EfficientAT). Both take the RAW (un-normalised) natural-log mel fbank; normalise afterwards.
+
+Padding: the store pads clips with raw zeros (power 1, louder than most content). Given the clips'
+valid frame counts, the mix follows AST, whose mix keeps the first clip's length: frames past the
+clip's end stay padding, and frames where only the partner is padding take the clip alone (in power
+mode weighted by λ, i.e. mixed with silence; in logmel mode unchanged). Without them every frame is
+mixed.
+
+Teacher views: view k of a clip is a pure function of (seed, clip id, k), so the logits stage and
+the student both rebuild exactly the input the teacher saw for that view ("consistent teaching"
+with cached logits). View 0 is always the clean input.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+MIX_MODES = ("power", "logmel")
+
+
+def _uniform(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """n uniforms in [0, 1) drawn on the generator's device (or `device`), returned on `device`."""
+    where = generator.device if generator is not None else device
+    return torch.rand(n, generator=generator, device=where, dtype=torch.float64).to(device)
+
+
+def _mask_band(size: int, max_width: int, u_width: torch.Tensor, u_start: torch.Tensor) -> torch.Tensor:
+    """[B, size] bool band per sample, torchaudio's rule: v = u·W, start = ⌊u'·(size − v)⌋, width = ⌊v⌋."""
+    value = u_width * min(max_width, size)
+    start = (u_start * (size - value)).long()
+    end = start + value.long()
+    index = torch.arange(size, device=u_width.device)
+    return (index >= start[:, None]) & (index < end[:, None])
+
+
+def spec_augment(
+    x: torch.Tensor,
+    freq_mask: int,
+    time_mask: int,
+    generator: torch.Generator | None = None,
+    mask_value: float = 0.0,
+) -> torch.Tensor:
+    """One frequency and one time mask per sample of x [B, T, F] (torchaudio FrequencyMasking /
+    TimeMasking semantics: width uniform in [0, max width), widths clamped to the axis length).
+
+    Masked cells get `mask_value`, by default 0: on normalised input that is the dataset mean. AST
+    masks the raw fbank with 0 before normalising; to reproduce that pass mask_value=−mean/(d·std).
+    """
+    if x.dim() != 3:
+        raise ValueError(f"spec_augment: expected x of shape [batch, frames, bins], got {tuple(x.shape)}")
+    if freq_mask < 0 or time_mask < 0:
+        raise ValueError(f"spec_augment: mask widths must be >= 0, got freq {freq_mask}, time {time_mask}")
+    batch, frames, bins = x.shape
+    u = _uniform(4 * batch, generator, x.device).view(4, batch)
+    time_band = _mask_band(frames, time_mask, u[0], u[1])
+    freq_band = _mask_band(bins, freq_mask, u[2], u[3])
+    return x.masked_fill(time_band[:, :, None] | freq_band[:, None, :], mask_value)
+
+
+def mixup_pairs(
+    batch_size: int, rate: float, alpha: float = 10.0, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partner indices (a random permutation) and per-sample λ [B] on the CPU: each sample is mixed
+    with probability `rate`, λ ~ Beta(α, α), else λ = 1 (left unchanged)."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"mixup rate must be in [0, 1], got {rate}")
+    if alpha <= 0:
+        raise ValueError(f"mixup alpha must be > 0, got {alpha}")
+    where = generator.device if generator is not None else torch.device("cpu")
+    perm = torch.randperm(batch_size, generator=generator, device=where).cpu()
+    mixed = _uniform(batch_size, generator, torch.device("cpu")) < rate
+    # torch has no Beta sampler that takes a generator: seed a numpy one from the torch stream.
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=where).item())
+    beta = torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, batch_size)).float()
+    lam = torch.where(mixed, beta, torch.ones(batch_size))
+    return perm, lam
+
+
+def _mix(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    lam: torch.Tensor,
+    mode: str,
+    valid_a: torch.Tensor | None,
+    valid_b: torch.Tensor | None,
+) -> torch.Tensor:
+    """Mix a and b ([B, T, F]) with per-sample lam [B] in float32 or wider; λ = 1 returns a exactly.
+    valid_a / valid_b [B]: valid frame counts (None: all frames valid); see the module docstring."""
+    if mode not in MIX_MODES:
+        raise ValueError(f"mixup mode {mode!r} is unknown; choose one of {', '.join(MIX_MODES)}")
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    a, b = a.to(dtype), b.to(dtype)
+    lam = lam.to(device=a.device, dtype=dtype).view(-1, 1, 1)
+    if mode == "logmel":
+        mixed, alone = torch.where(lam == 1, a, lam * a + (1 - lam) * b), a
+    else:
+        mixed, alone = torch.logaddexp(a + lam.log(), b + torch.log1p(-lam)), a + lam.log()
+    frames = torch.arange(a.shape[1], device=a.device)[None, :, None]
+    if valid_b is not None:
+        mixed = torch.where(frames < valid_b.to(a.device).view(-1, 1, 1), mixed, alone)
+    if valid_a is not None:
+        mixed = torch.where(frames < valid_a.to(a.device).view(-1, 1, 1), mixed, a)
+    return mixed
+
+
+def mix_features(
+    x: torch.Tensor,
+    perm: torch.Tensor,
+    lam: torch.Tensor,
+    mode: str = "power",
+    valid_frames: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mix each raw log-mel x[i] ([B, T, F]) with x[perm[i]] by lam[i] (see module docstring);
+    valid_frames [B] (optional) are the clips' valid frame counts, for padding-aware mixing."""
+    perm = perm.to(x.device)
+    valid_b = None if valid_frames is None else valid_frames.to(x.device)[perm]
+    return _mix(x, x[perm], lam, mode, valid_frames, valid_b)
+
+
+def mix_targets(y: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """λ·y + (1 − λ)·y[perm] (for multi-hot labels present in both: 1, as AST's label mix)."""
+    lam = lam.to(device=y.device, dtype=torch.float32).view(-1, 1)
+    y = y.float()
+    return lam * y + (1 - lam) * y[perm.to(y.device)]
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How the cached teacher views of each clip are drawn."""
+
+    n_views: int
+    freq_mask: int
+    time_mask: int
+    mixup_rate: float
+    alpha: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.n_views < 1:
+            raise ValueError(f"view spec: n_views must be >= 1, got {self.n_views}")
+        if self.freq_mask < 0 or self.time_mask < 0:
+            raise ValueError(f"view spec: freq_mask and time_mask must be >= 0, got {self.freq_mask}, {self.time_mask}")
+        if not 0.0 <= self.mixup_rate <= 1.0:
+            raise ValueError(f"view spec: mixup_rate must be in [0, 1], got {self.mixup_rate}")
+        if self.alpha <= 0:
+            raise ValueError(f"view spec: alpha must be > 0, got {self.alpha}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ViewSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(data) != names:
+            raise ValueError(
+                f"view spec: fields {sorted(data)} do not match the expected {sorted(names)}"
+            )
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """Everything needed to rebuild one view: mask bands, mixup partner (None: unmixed) and λ."""
+
+    freq_start: int
+    freq_width: int
+    time_start: int
+    time_width: int
+    partner: str | None
+    lam: float
+
+
+CLEAN_VIEW = ViewParams(0, 0, 0, 0, None, 1.0)
+
+
+def _view_rng(seed: int, clip_id: str, view: int) -> np.random.Generator:
+    key = f"cmkd-pipe/view/1\0{seed}\0{clip_id}\0{view}".encode()
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:16], "little"))
+
+
+def _band(u_width: float, u_start: float, size: int, max_width: int) -> tuple[int, int]:
+    """(start, width) of one mask band, by the same rule as `_mask_band`."""
+    value = u_width * min(max_width, size)
+    return int(u_start * (size - value)), int(value)
+
+
+def _draw_partner(rng: np.random.Generator, clip_id: str, pool: Sequence[str]) -> str | None:
+    """A uniform draw from `pool` other than `clip_id` (rejection, so no O(N) copy); None if none."""
+    if len(pool) == 0 or (len(pool) == 1 and pool[0] == clip_id):
+        return None
+    for _ in range(100):
+        candidate = pool[int(rng.integers(len(pool)))]
+        if candidate != clip_id:
+            return str(candidate)
+    raise ValueError(f"view params: the partner pool of {clip_id!r} holds (almost) only that clip")
+
+
+def view_params(
+    spec: ViewSpec, clip_id: str, view: int, n_frames: int, n_bins: int, partner_pool: Sequence[str]
+) -> ViewParams:
+    """Parameters of view `view` of `clip_id`: a pure function of (spec.seed, clip_id, view) given
+    the spec, the feature shape and `partner_pool` (the clip's split, in a fixed order, e.g.
+    manifest order; the clip itself is never its own partner)."""
+    if not 0 <= view < spec.n_views:
+        raise ValueError(f"view {view} is out of range: the view spec has {spec.n_views} view(s)")
+    if view == 0:
+        return CLEAN_VIEW
+    rng = _view_rng(spec.seed, clip_id, view)
+    u = rng.random(5)  # fixed draw order: masks first, so the pool never shifts them
+    time_start, time_width = _band(u[0], u[1], n_frames, spec.time_mask)
+    freq_start, freq_width = _band(u[2], u[3], n_bins, spec.freq_mask)
+    lam = float(rng.beta(spec.alpha, spec.alpha))
+    partner = _draw_partner(rng, clip_id, partner_pool) if u[4] < spec.mixup_rate else None
+    if partner is None:
+        lam = 1.0
+    return ViewParams(freq_start, freq_width, time_start, time_width, partner, lam)
+
+
+def apply_views(
+    x: torch.Tensor,
+    partner_x: torch.Tensor | None,
+    params: Sequence[ViewParams],
+    mode: str = "power",
+    mask_value: float = 0.0,
+    valid_frames: Sequence[int] | None = None,
+    partner_valid_frames: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Apply views to raw log-mel x [B, T, F]: mix with partner_x [B, T, F] (rows of unmixed views
+    are ignored; None if no view mixes), then the masks, set to `mask_value`. The default 0 is a raw
+    zero, as AST masks before normalising; pass the normalisation mean to get 0 after normalising.
+    valid_frames / partner_valid_frames [B] (optional) make the mix padding-aware."""
+    if x.dim() != 3 or len(params) != x.shape[0]:
+        raise ValueError(f"apply_views: x {tuple(x.shape)} must be [batch, frames, bins] with one view per row")
+    lam = torch.tensor([p.lam for p in params], dtype=torch.float64)
+    if partner_x is None:
+        if any(p.partner is not None for p in params):
+            raise ValueError("apply_views: a view mixes with a partner but partner_x is None")
+        partner_x = x
+    elif partner_x.shape != x.shape:
+        raise ValueError(f"apply_views: partner_x {tuple(partner_x.shape)} must match x {tuple(x.shape)}")
+    valid_a = None if valid_frames is None else torch.as_tensor(valid_frames)
+    valid_b = None if partner_valid_frames is None else torch.as_tensor(partner_valid_frames)
+    mixed = _mix(x, partner_x, lam, mode, valid_a, valid_b)
+    frames, bins = x.shape[1:]
+    bounds = torch.tensor(
+        [[p.time_start, p.time_start + p.time_width, p.freq_start, p.freq_start + p.freq_width] for p in params],
+        device=x.device,
+    )
+    index_t = torch.arange(frames, device=x.device)
+    index_f = torch.arange(bins, device=x.device)
+    time_band = (index_t >= bounds[:, 0:1]) & (index_t < bounds[:, 1:2])
+    freq_band = (index_f >= bounds[:, 2:3]) & (index_f < bounds[:, 3:4])
+    return mixed.masked_fill(time_band[:, :, None] | freq_band[:, None, :], mask_value)
+
+
+def apply_view(
+    x: torch.Tensor,
+    partner_x: torch.Tensor | None,
+    params: ViewParams,
+    mode: str = "power",
+    mask_value: float = 0.0,
+    valid_frames: int | None = None,
+    partner_valid_frames: int | None = None,
+) -> torch.Tensor:
+    """Single-clip `apply_views`: x and partner_x are [T, F] raw log-mel."""
+    if x.dim() != 2:
+        raise ValueError(f"apply_view: expected x of shape [frames, bins], got {tuple(x.shape)}")
+    return apply_views(
+        x[None],
+        None if partner_x is None else partner_x[None],
+        [params],
+        mode,
+        mask_value,
+        None if valid_frames is None else [valid_frames],
+        None if partner_valid_frames is None else [partner_valid_frames],
+    )[0]
