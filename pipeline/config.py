@@ -79,8 +79,19 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node[part]
         if parts[-1] not in node:
             raise ValueError(f"override {item!r}: unknown key {key!r}; known here: {sorted(node)}")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = _parse_value(raw)
     return result
+
+
+def _parse_value(raw: str) -> Any:
+    """YAML scalar, but number-like strings YAML 1.1 leaves as text (1e-5) become floats."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def dump_config(config: dict[str, Any]) -> str:

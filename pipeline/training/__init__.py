@@ -1,0 +1,1 @@
+"""Training engine pieces: chunk-aware sampler, LR schedules, weight averaging, run logs, presets."""

@@ -1,0 +1,132 @@
+"""Training presets: all load, share one schema, match the cited recipes, take overrides, fail clearly."""
+import pytest
+import torch
+import yaml
+
+from pipeline.config import PUBLISHED_STATS, dump_config
+from pipeline.training.presets import (SECTIONS, list_presets, load_preset, resolve_config, select_arch,
+                                       validate_config)
+from pipeline.training.schedule import build_scheduler
+
+PRESETS = ["audioset-balanced", "audioset-full", "demo", "esc50", "fsd50k"]
+
+
+def dotted_keys(node, prefix=""):
+    if not isinstance(node, dict):
+        return {prefix}
+    return set().union(*(dotted_keys(v, f"{prefix}{k}.") for k, v in node.items()))
+
+
+def test_the_shipped_presets():
+    assert list_presets() == PRESETS
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("arch", ["cnn", "ast"])
+def test_every_preset_has_the_demo_schema_and_builds_a_schedule(name, arch):
+    config = select_arch(load_preset(name), arch)
+    assert tuple(config) == SECTIONS
+    assert dotted_keys(config) == dotted_keys(select_arch(load_preset("demo"), arch))
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=config["optim"]["lr"])
+    build_scheduler(optimizer, steps_per_epoch=10, epochs=config["train"]["epochs"], **config["schedule"])
+    assert isinstance(config["data"]["batch_size"], int)
+    assert config["eval"]["metric"] in ("accuracy", "mAP")
+
+
+def test_esc50_follows_the_ast_recipe():
+    # YuanGongND/ast egs/esc50/run_esc.sh (lr 1e-4 without AudioSet pretraining, 1e-5 with it)
+    config = select_arch(load_preset("esc50"), "ast")
+    assert config["optim"]["lr"] == 1e-4
+    assert config["data"]["batch_size"] == 48 and config["train"]["epochs"] == 25
+    assert config["schedule"] == {"kind": "step", "warmup_steps": 0, "decay_start_epoch": 5,
+                                  "decay_every_epochs": 1, "decay_factor": 0.85, "min_lr_ratio": 0.0}
+    assert (config["augment"]["freq_mask"], config["augment"]["time_mask"]) == (24, 96)
+    assert config["augment"]["mixup_rate"] == 0.0
+    assert config["features"] == {"target_frames": 512, "num_mel_bins": 128}
+    assert config["norm"]["published_stats"] == "esc50" and config["norm"]["divisor"] == 2.0
+    assert PUBLISHED_STATS["esc50"] == (-6.6268077, 5.358466)
+    assert (config["model"]["fstride"], config["model"]["tstride"]) == (10, 10)
+    assert config["optim"]["weight_decay"] == 5e-7 and config["optim"]["betas"] == [0.95, 0.999]
+    assert config["eval"]["metric"] == "accuracy"
+    assert (config["data"]["train"], config["data"]["test"]) == ("fold!=1", "fold==1")
+
+
+def test_audioset_full_follows_ast_and_psla():
+    preset = load_preset("audioset-full")
+    ast, cnn = select_arch(preset, "ast"), select_arch(preset, "cnn")
+    # YuanGongND/ast egs/audioset/run.sh (set=full)
+    assert (ast["optim"]["lr"], ast["train"]["epochs"], ast["data"]["batch_size"]) == (1e-5, 5, 12)
+    assert (ast["schedule"]["decay_start_epoch"], ast["schedule"]["decay_every_epochs"]) == (2, 1)
+    assert (ast["average"]["wa_start_epoch"], ast["average"]["wa_end_epoch"]) == (1, 5)
+    # YuanGongND/psla egs/audioset/run.sh (subset=full)
+    assert (cnn["optim"]["lr"], cnn["train"]["epochs"], cnn["data"]["batch_size"]) == (1e-4, 30, 100)
+    assert (cnn["schedule"]["decay_start_epoch"], cnn["schedule"]["decay_every_epochs"]) == (10, 5)
+    assert (cnn["average"]["wa_start_epoch"], cnn["average"]["wa_end_epoch"]) == (16, 30)
+    assert preset["data"]["balanced"] is True and preset["schedule"]["warmup_steps"] == 1000
+
+
+def test_audioset_balanced_and_fsd50k_follow_their_recipes():
+    balanced = load_preset("audioset-balanced")
+    assert balanced["optim"]["lr"] == {"cnn": 1e-3, "ast": 5e-5}
+    assert balanced["train"]["epochs"] == {"cnn": 60, "ast": 25}
+    assert balanced["data"]["balanced"] is False
+    fsd = select_arch(load_preset("fsd50k"), "cnn")  # YuanGongND/psla egs/fsd50k/run.sh
+    assert (fsd["optim"]["lr"], fsd["train"]["epochs"], fsd["data"]["batch_size"]) == (5e-4, 40, 24)
+    assert (fsd["average"]["wa_start_epoch"], fsd["average"]["wa_end_epoch"]) == (21, 40)
+    assert fsd["data"]["balanced"] is True and fsd["augment"]["mixup_rate"] == 0.5
+    assert (fsd["data"]["val"], fsd["data"]["test"]) == ("val", "eval")
+
+
+def test_demo_is_small():
+    demo = load_preset("demo")
+    assert demo["features"] == {"target_frames": 200, "num_mel_bins": 64}
+    assert demo["train"]["epochs"] <= 10 and demo["data"]["batch_size"] == 32
+    assert demo["model"]["cnn"]["variant"] == "efficientnet_b0" and demo["model"]["cnn"]["pooling"] == "mean"
+    assert (demo["model"]["ast"]["embed_dim"], demo["model"]["ast"]["depth"]) == (64, 2)
+    assert demo["norm"]["source"] == "store"
+    assert demo["model"]["cnn"]["pretrained"] is None and demo["model"]["ast"]["pretrained"] is None
+
+
+def test_overrides_apply_per_arch_or_to_both():
+    config = resolve_config("esc50", ["optim.lr.ast=1.0e-5", "data.train=fold!=2", "model.ast.pretrained=audioset"])
+    assert config["optim"]["lr"] == {"cnn": 1e-3, "ast": 1e-5}
+    assert config["data"]["train"] == "fold!=2" and config["model"]["ast"]["pretrained"] == "audioset"
+    both = resolve_config("audioset-full", ["train.epochs=3", "average.wa_start_epoch=2", "average.wa_end_epoch=3"])
+    assert select_arch(both, "cnn")["train"]["epochs"] == select_arch(both, "ast")["train"]["epochs"] == 3
+    assert load_preset("esc50")["optim"]["lr"]["ast"] == 1e-4  # the preset itself is untouched
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=1", "unknown key 'optim.lrr'"),
+    ("foo.bar=1", "no section 'foo'"),
+    ("optim.lr", "expected KEY=VALUE"),
+    ("schedule.kind=cosne", "schedule.kind"),
+    ("optim.lr.ast=fast", "optim.lr = 'fast' must be a positive number"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("eval.metric=f1", "eval.metric"),
+    ("norm.published_stats=imagenet", "norm.published_stats"),
+    ("train.epochs=10", "wa_start_epoch"),  # fsd50k averages epochs 21-40
+    ("schedule.decay_start_epoch=null", "decay_start_epoch"),
+])
+def test_bad_overrides_fail_clearly(override, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_config("fsd50k", [override])
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown preset 'esc-50'.*esc50"):
+        load_preset("esc-50")
+
+
+def test_validate_config_names_missing_sections_and_arch():
+    config = load_preset("demo")
+    del config["kd"]
+    with pytest.raises(ValueError, match=r"missing \['kd'\]"):
+        validate_config(config)
+    with pytest.raises(ValueError, match="arch 'vit'"):
+        select_arch(load_preset("demo"), "vit")
+
+
+def test_printed_config_round_trips():
+    config = resolve_config("audioset-balanced", ["kd.tau=2.5"])
+    assert yaml.safe_load(dump_config(config)) == config
