@@ -86,6 +86,117 @@ def features(manifest_dir: Annotated[Path, typer.Option("--manifest", help="mani
     _print_json(summary)
 
 
+Preset = Annotated[str, typer.Option(help="training preset: demo, esc50, fsd50k, audioset-balanced, audioset-full")]
+Set = Annotated[list[str], typer.Option("--set", help="override a config value: KEY.SUB=VALUE (repeatable)")]
+Model = Annotated[str, typer.Option("--model", help="cnn | ast | timm:NAME (any timm CNN)")]
+
+
+def _train_command(features: Path, model: str, out: Path, preset: str, overrides: list[str], resume: bool,
+                   weights: Optional[Path], new_head: bool, pretrained_from_hub: bool, device: Optional[str],
+                   logits: Optional[Path] = None, teacher: Optional[Path] = None) -> None:
+    from pipeline.stores.chunks import StoreError
+    from stages.train import train
+
+    try:
+        results = train(features, model, out, preset=preset, overrides=overrides, resume=resume,
+                        weights=str(weights) if weights else None, new_head=new_head,
+                        logits=str(logits) if logits else None, teacher=str(teacher) if teacher else None,
+                        device=device, allow_download=pretrained_from_hub)
+    except (StoreError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    metric = results["metric"]
+    lines = {name: results[name][metric] for name in ("last", "best", "wa", "ensemble") if name in results}
+    typer.echo(f"{model} on {features}: test {metric} " + ", ".join(f"{k} {v:.4f}" for k, v in lines.items()
+                                                                    if v is not None))
+    typer.echo(f"run folder: {out} (final.pt = {results['final']} model)")
+
+
+@app.command("train")
+def train_cmd(features: Annotated[Path, typer.Option(help="feature store (.zarr)")],
+              out: Annotated[Path, typer.Option(help="run folder")],
+              model: Model = "cnn", preset: Preset = "demo", set_: Set = [],
+              resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoints/last.pt")] = False,
+              weights: Annotated[Optional[Path], typer.Option(help="initial weights: timm ImageNet state dict, "
+                                                                   "official AST checkpoint, HF AST folder, PSLA checkpoint")] = None,
+              new_head: Annotated[bool, typer.Option(help="replace a head with another class count")] = False,
+              pretrained_from_hub: Annotated[bool, typer.Option(help="allow downloading ImageNet weights from timm's hub")] = False,
+              device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda when available)")] = None) -> None:
+    """Train a model (teacher or no-KD baseline) on a feature store. Under torchrun: DDP."""
+    _train_command(features, model, out, preset, set_, resume, weights, new_head, pretrained_from_hub, device)
+
+
+@app.command("train-student")
+def train_student_cmd(features: Annotated[Path, typer.Option(help="feature store (.zarr)")],
+                      out: Annotated[Path, typer.Option(help="run folder")],
+                      logits: Annotated[Optional[Path], typer.Option(help="cached teacher logits (stage one output)")] = None,
+                      teacher: Annotated[Optional[Path], typer.Option(help="reference mode: online frozen teacher checkpoint")] = None,
+                      model: Model = "cnn", preset: Preset = "demo", set_: Set = [],
+                      resume: bool = False, weights: Optional[Path] = None, new_head: bool = False,
+                      pretrained_from_hub: bool = False, device: Optional[str] = None) -> None:
+    """Train a student with the CMKD loss against cached teacher logits (or an online teacher)."""
+    if (logits is None) == (teacher is None):
+        _fail(ValueError("give exactly one of --logits STORE (cached teacher) or --teacher CKPT (online teacher)"))
+    _train_command(features, model, out, preset, set_, resume, weights, new_head, pretrained_from_hub, device,
+                   logits=logits, teacher=teacher)
+
+
+@app.command("evaluate")
+def evaluate_cmd(checkpoint: Annotated[Path, typer.Argument(help="model checkpoint (.pt)")],
+                 features: Annotated[Path, typer.Option(help="feature store (.zarr)")],
+                 split: Annotated[str, typer.Option(help="split spec: eval | val,eval | fold==1 | all")] = "all",
+                 out: Annotated[Optional[Path], typer.Option(help="write the metrics JSON here")] = None,
+                 device: Optional[str] = None) -> None:
+    """Score a checkpoint on a split: accuracy; mAP, mAUC, d′ for multi-label data."""
+    from pipeline.stores.chunks import StoreError
+    from stages.evaluate import evaluate_checkpoint
+
+    try:
+        result = evaluate_checkpoint(checkpoint, features, split, device=device, out=out)
+    except (StoreError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    result.pop("per_class_ap", None)
+    _print_json(result)
+
+
+@app.command("cv")
+def cv_cmd(features: Annotated[Path, typer.Option(help="feature store with folds")],
+           out: Annotated[Path, typer.Option(help="folder for the fold runs")],
+           model: Model = "cnn", preset: Preset = "esc50", set_: Set = [],
+           folds: Annotated[str, typer.Option(help="comma-separated folds")] = "1,2,3,4,5",
+           weights: Optional[Path] = None, new_head: bool = False, pretrained_from_hub: bool = False,
+           device: Optional[str] = None) -> None:
+    """K-fold cross-validation (ESC-50): one run per fold, mean ± std of the metric."""
+    from pipeline.stores.chunks import StoreError
+    from stages.cv import run_cv
+
+    try:
+        summary = run_cv(features, model, out, folds=[int(f) for f in folds.split(",")], preset=preset,
+                         overrides=set_, weights=str(weights) if weights else None, new_head=new_head,
+                         allow_download=pretrained_from_hub, device=device)
+    except (StoreError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    for name in ("last", "best", "wa", "ensemble"):
+        if name in summary:
+            typer.echo(f"{name:9s} {summary['metric']} {summary[name]['mean']:.4f} ± {summary[name]['std']:.4f}")
+
+
+@app.command("print-config")
+def print_config(preset: Preset = "demo", set_: Set = [],
+                 model: Annotated[Optional[str], typer.Option(help="show the values for one model family")] = None) -> None:
+    """Print a preset with overrides applied (the exact config a run records)."""
+    from pipeline.config import dump_config
+    from pipeline.training.engine import family
+    from pipeline.training.presets import resolve_config, select_arch
+
+    try:
+        config = resolve_config(preset, set_)
+        if model:
+            config = select_arch(config, family(model))
+    except ValueError as error:
+        _fail(error)
+    typer.echo(dump_config(config), nl=False)
+
+
 def main() -> None:
     app()
 

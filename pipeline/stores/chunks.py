@@ -59,6 +59,11 @@ def open_store(path: str | os.PathLike, schema: str, mode: str = "r") -> zarr.Gr
     return group
 
 
+def read_strings(array: zarr.Array) -> np.ndarray:
+    """A Zarr string array as a fixed-width numpy str array (numpy cannot cast StringDType directly)."""
+    return np.asarray(array[:]).astype(object).astype(str)
+
+
 def pending_chunks(group: zarr.Group) -> list[int]:
     """Indices of chunks not marked done."""
     done = np.asarray(group["chunk_done"][:])

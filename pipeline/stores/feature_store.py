@@ -14,7 +14,8 @@ import zarr
 from data_manifests.manifest import Manifest
 from pipeline.config import FeatureConfig, Normalization, fingerprint
 from pipeline.stores.chunks import (StoreError, chunk_range, create_store, mark_chunk_done, n_chunks,
-                                    open_store, pending_chunks, require_complete)
+                                    open_store, pending_chunks, read_strings,
+                                    require_complete)
 from pipeline.version import code_version
 
 SCHEMA = "cmkd-pipe/features/1"
@@ -128,8 +129,8 @@ def bad_clip_table(group: zarr.Group) -> pd.DataFrame:
     ok = np.asarray(group["ok"][:])
     done = np.repeat(np.asarray(group["chunk_done"][:]).astype(bool), group.attrs["chunk_clips"])[: len(ok)]
     rows = np.flatnonzero(~ok & done)
-    return pd.DataFrame({"clip_id": np.asarray(group["clip_id"][:])[rows],
-                         "reason": np.asarray(group["reason"][:])[rows]})
+    return pd.DataFrame({"clip_id": read_strings(group["clip_id"])[rows],
+                         "reason": read_strings(group["reason"])[rows]})
 
 
 class FeatureStore:
@@ -148,12 +149,13 @@ class FeatureStore:
         self.mean: float = float(attrs["mean"])
         self.std: float = float(attrs["std"])
         self.fbank = self.group["fbank"]
-        self.clip_ids = np.asarray(self.group["clip_id"][:]).astype(str)
-        self.splits = np.asarray(self.group["split"][:]).astype(str)
+        self.clip_ids = read_strings(self.group["clip_id"])
+        self.splits = read_strings(self.group["split"])
         self.folds = np.asarray(self.group["fold"][:])
         self.weights = np.asarray(self.group["weight"][:])
         self.targets = np.asarray(self.group["targets"][:])
         self.ok = np.asarray(self.group["ok"][:])
+        self.valid_frames = np.asarray(self.group["valid_frames"][:])
 
     def __len__(self) -> int:
         return len(self.clip_ids)

@@ -1,0 +1,132 @@
+"""The teacher-logits store: raw teacher logits for every clip and view of a feature store."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pipeline.stores.chunks import (StoreError, chunk_range, create_store, mark_chunk_done, n_chunks, open_store,
+                                    read_strings, require_complete)
+from pipeline.stores.feature_store import FeatureStore
+from pipeline.version import code_version
+
+SCHEMA = "cmkd-pipe/logits/1"
+
+
+def vocabulary_hash(vocabulary: list[dict]) -> str:
+    from data_manifests.manifest import Vocabulary
+
+    return Vocabulary.from_records(vocabulary).hash()
+
+
+def provenance(features: FeatureStore, teacher: dict[str, Any], views: dict[str, Any]) -> dict[str, Any]:
+    """The attrs that identify what a logits store was computed from; equal attrs ⇒ resumable."""
+    return {
+        "schema": SCHEMA,
+        "teacher": teacher,
+        "vocabulary": features.vocabulary,
+        "vocabulary_hash": vocabulary_hash(features.vocabulary),
+        "feature_fingerprint": features.fingerprint,
+        "feature_store": str(features.path.resolve()),
+        "multilabel": features.multilabel,
+        "views": views,
+        "n_clips": len(features),
+    }
+
+
+def create_logits_store(path: str | os.PathLike, features: FeatureStore, teacher: dict[str, Any],
+                        views: dict[str, Any], chunk_clips: int) -> zarr.Group:
+    """Lay out an empty logits store [clips, views, classes] aligned with the feature store's rows."""
+    n, v, k = len(features), int(views["n_views"]), features.n_classes
+
+    def build(group: zarr.Group) -> None:
+        group.create_array("logits", shape=(n, v, k), chunks=(chunk_clips, v, k), dtype="float32", fill_value=0)
+        group.create_array("clip_id", shape=(n,), chunks=(chunk_clips,), dtype=str)[:] = features.clip_ids
+
+    attrs = {**provenance(features, teacher, views), "chunk_clips": chunk_clips,
+             "code_version": code_version(),
+             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    return create_store(path, build, attrs, n_chunks(n, chunk_clips))
+
+
+def open_for_writing(path: str | os.PathLike, expected: dict[str, Any]) -> zarr.Group:
+    """Reopen a store to resume it; refuse one computed from another teacher, feature store or views."""
+    group = open_store(path, SCHEMA, mode="r+")
+    differ = [key for key, value in expected.items() if key != "feature_store" and group.attrs.get(key) != value]
+    if differ:
+        raise StoreError(f"{path}: was computed with other {', '.join(differ)}; "
+                         "pass --overwrite to recompute it or choose another --out")
+    return group
+
+
+def write_chunk(group: zarr.Group, index: int, logits: np.ndarray) -> None:
+    start, stop = chunk_range(index, group.attrs["chunk_clips"], group.attrs["n_clips"])
+    group["logits"][start:stop] = logits.astype(np.float32)
+    mark_chunk_done(group, index)
+
+
+def finalize(group: zarr.Group) -> None:
+    group.attrs.update({"complete": True})
+
+
+class LogitsStore:
+    """Read side of a complete logits store."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.group = open_store(self.path, SCHEMA, mode="r")
+        require_complete(self.group, self.path)
+        self.attrs = self.group.attrs.asdict()
+        self.logits = self.group["logits"]
+        self.chunk_clips = int(self.attrs["chunk_clips"])
+        self.n_views = int(self.attrs["views"]["n_views"])
+        self.clip_ids = read_strings(self.group["clip_id"])
+
+    def check_matches(self, features: FeatureStore, vocabulary: list[dict] | None = None) -> None:
+        """Refuse, saying what differs, a store not computed from these features / for this vocabulary."""
+        problems = []
+        if self.attrs["feature_fingerprint"] != features.fingerprint:
+            problems.append(f"feature store differs (fingerprint {self.attrs['feature_fingerprint']} != "
+                            f"{features.fingerprint}: other manifest or feature settings)")
+        if len(self.clip_ids) != len(features) or not np.array_equal(self.clip_ids, features.clip_ids):
+            mismatch = _first_mismatch(self.clip_ids, features.clip_ids)
+            problems.append(f"clip ids differ ({len(self.clip_ids)} vs {len(features)} clips; {mismatch})")
+        wanted = features.vocabulary if vocabulary is None else vocabulary
+        if self.attrs["vocabulary_hash"] != vocabulary_hash(wanted):
+            problems.append(_vocabulary_difference(self.attrs["vocabulary"], wanted))
+        if problems:
+            raise StoreError(f"{self.path}: logits store does not match: " + "; ".join(problems) +
+                             ". Recompute it with `cmkd-pipe teacher-logits` for these features")
+
+    def verify_readable(self) -> None:
+        """Decode every chunk once; a truncated or corrupt chunk is named in the error."""
+        for index in range(int(self.attrs["n_chunks"])):
+            start, stop = chunk_range(index, self.chunk_clips, len(self.clip_ids))
+            try:
+                block = np.asarray(self.logits[start:stop])
+            except Exception as error:
+                raise StoreError(f"{self.path}: chunk {index} (clips {start}-{stop - 1}) cannot be read "
+                                 f"({type(error).__name__}); rerun teacher-logits with --overwrite") from None
+            if not np.isfinite(block).all():
+                raise StoreError(f"{self.path}: chunk {index} holds non-finite logits; rerun teacher-logits "
+                                 "with --overwrite")
+
+
+def _first_mismatch(a: np.ndarray, b: np.ndarray) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"first difference at row {i}: {x!r} vs {y!r}"
+    return "one is a prefix of the other"
+
+
+def _vocabulary_difference(have: list[dict], want: list[dict]) -> str:
+    if len(have) != len(want):
+        return f"label vocabulary differs ({len(have)} vs {len(want)} classes)"
+    for a, b in zip(have, want):
+        if (a["id"], a["name"]) != (b["id"], b["name"]):
+            return f"label vocabulary differs at index {a['index']}: {a['id']!r} vs {b['id']!r}"
+    return "label vocabulary differs"

@@ -1,0 +1,87 @@
+"""Batches from a feature store: chunk-cached reads, prefetched on a background thread."""
+from __future__ import annotations
+
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.stores.feature_store import FeatureStore
+
+
+class ChunkCache:
+    """Reads whole Zarr chunks (along the first axis) and keeps the last `capacity` decoded in memory."""
+
+    def __init__(self, array, chunk_items: int, capacity: int = 8) -> None:
+        self.array = array
+        self.chunk_items = chunk_items
+        self.capacity = capacity
+        self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def _chunk(self, index: int) -> np.ndarray:
+        if index in self._chunks:
+            self._chunks.move_to_end(index)
+            return self._chunks[index]
+        size = self.chunk_items
+        data = np.asarray(self.array[index * size:(index + 1) * size])
+        self._chunks[index] = data
+        if len(self._chunks) > self.capacity:
+            self._chunks.popitem(last=False)
+        return data
+
+    def rows(self, indices: Sequence[int]) -> np.ndarray:
+        """Rows in the order given, as float32."""
+        size = self.chunk_items
+        return np.stack([self._chunk(int(i) // size)[int(i) % size] for i in indices]).astype(np.float32)
+
+
+@dataclass
+class Batch:
+    indices: np.ndarray  # store rows
+    x: np.ndarray  # raw log-mel [B, T, F] float32
+    y: np.ndarray  # multi-hot targets [B, K] float32
+    valid: np.ndarray  # valid frame counts [B]
+
+
+def batches(store: FeatureStore, order: Sequence[int], batch_size: int, *, drop_last: bool = False,
+            prefetch: int = 2, cache_chunks: int = 8) -> Iterator[Batch]:
+    """Yield batches of `order` (store rows) in sequence, reading ahead on a background thread."""
+    order = np.asarray(order, dtype=np.int64)
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    starts = range(0, stop, batch_size)
+    cache = ChunkCache(store.fbank, store.chunk_clips, cache_chunks)
+    out: queue.Queue = queue.Queue(maxsize=prefetch)
+    halt = threading.Event()
+
+    def read() -> None:
+        try:
+            for start in starts:
+                if halt.is_set():
+                    return
+                rows = order[start:start + batch_size]
+                out.put(Batch(rows, cache.rows(rows), store.targets[rows].astype(np.float32),
+                              store.valid_frames[rows]))
+            out.put(None)
+        except BaseException as error:  # surfaced in the consumer
+            out.put(error)
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = out.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        halt.set()
+        while worker.is_alive():
+            try:
+                out.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)
