@@ -51,7 +51,15 @@ def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset
         key, _, value = item.partition("=")
         options[key.replace("-", "_")] = yaml.safe_load(value)
     try:
-        built = build_manifest(kind, root, **options)
+        if kind == "demo":
+            from data_manifests.demo import make_demo_corpus
+            from data_manifests.manifest import Manifest
+
+            existing = root / "manifest"
+            built = (Manifest.load(existing) if (existing / "manifest.json").is_file()
+                     else make_demo_corpus(root, **options))
+        else:
+            built = build_manifest(kind, root, **options)
     except (ManifestError, FileNotFoundError, ValueError) as error:
         _fail(error)
     built.save(out)
@@ -195,6 +203,78 @@ def print_config(preset: Preset = "demo", set_: Set = [],
     except ValueError as error:
         _fail(error)
     typer.echo(dump_config(config), nl=False)
+
+
+Dataset = Annotated[str, typer.Option(help="demo, demo-multilabel, esc50, fsd50k, audioset-balanced, audioset-full")]
+
+
+def _run_options(dataset: str, data_root: Optional[Path], run_dir: Optional[Path], set_: list[str],
+                 scheduler: Optional[str], workers: Optional[int], nproc: int, device: Optional[str]):
+    from stages.graph import RunOptions
+
+    return RunOptions(dataset=dataset, run_dir=run_dir or Path("runs") / dataset,
+                      data_root=data_root or Path("data") / dataset, overrides=set_, scheduler=scheduler,
+                      workers=workers, nproc=nproc, device=device)
+
+
+@app.command("run")
+def run_cmd(dataset: Dataset = "demo", data_root: Annotated[Optional[Path], typer.Option(help="corpus as downloaded (default data/DATASET)")] = None,
+            run_dir: Annotated[Optional[Path], typer.Option(help="run folder (default runs/DATASET)")] = None,
+            until: Annotated[Optional[str], typer.Option(help="stop after this stage (name or kind, e.g. features, train, teacher-logits)")] = None,
+            only: Annotated[Optional[str], typer.Option(help="run just this stage (name or kind)")] = None,
+            set_: Set = [], scheduler: Scheduler = None, workers: Workers = None,
+            nproc: Annotated[int, typer.Option(help="processes per training stage (torchrun DDP)")] = 1,
+            device: Optional[str] = None) -> None:
+    """Run the CMKD experiment of a dataset: only the stages not done (or stale), then print the report."""
+    from stages import graph
+
+    options = _run_options(dataset, data_root, run_dir, set_, scheduler, workers, nproc, device)
+    try:
+        ran = graph.run(options, until=until, only=only, echo=typer.echo)
+    except (graph.StageFailed, ValueError) as error:
+        _fail(error)
+    if not ran:
+        typer.echo("everything requested is up to date")
+    report = options.run_dir / "report" / "report.md"
+    if report.is_file() and not until and not only:
+        typer.echo(report.read_text())
+
+
+@app.command("status")
+def status_cmd(dataset: Dataset = "demo", data_root: Optional[Path] = None, run_dir: Optional[Path] = None,
+               set_: Set = []) -> None:
+    """Table of stages: done / stale (why) / failed (last error, log) / not started, with chunk progress."""
+    from stages import graph
+
+    options = _run_options(dataset, data_root, run_dir, set_, None, None, 1, None)
+    rows = graph.status_rows(options)
+    width = max(len(r["stage"]) for r in rows)
+    for row in rows:
+        typer.echo(f"{row['stage']:<{width}}  {row['status']:<11}  {row['progress']:<12}  {row['detail']}")
+
+
+@app.command("plan")
+def plan_cmd(out: Annotated[Path, typer.Option(help="Make include file to write")],
+             dataset: Dataset = "demo", data_root: Optional[Path] = None, run_dir: Optional[Path] = None,
+             set_: Set = [], scheduler: Scheduler = None, nproc: int = 1,
+             cli: Annotated[str, typer.Option(help="how Make calls the CLI")] = "cmkd-pipe") -> None:
+    """Write Make rules whose targets are the stages' completion records (used by the Makefile)."""
+    from pipeline.records import write_text_atomic
+    from stages import graph
+
+    options = _run_options(dataset, data_root, run_dir, set_, scheduler, None, nproc, None)
+    write_text_atomic(out, graph.make_rules(options, cli))
+
+
+def _register_stage_commands() -> None:
+    """Commands whose argument parsing lives beside their stage's CLI module."""
+    from cli import logits, report
+
+    logits.register(app)
+    report.register(app)
+
+
+_register_stage_commands()
 
 
 def main() -> None:

@@ -24,11 +24,17 @@ def stage_fingerprint(stage: str, config: dict[str, Any], inputs: dict[str, str]
     return fingerprint({"stage": stage, "config": config, "inputs": inputs})
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write through a temp file in the same folder and rename, so readers never see half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def write_record(stage_dir: str | os.PathLike, *, stage: str, config: dict[str, Any], inputs: dict[str, str],

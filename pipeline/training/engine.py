@@ -183,9 +183,10 @@ class Trainer:
             self.teacher_info = {"checkpoint": str(req.teacher_checkpoint), "model_config": meta["model_config"]}
             self.teacher_test_scores = self.predict(self.test_rows, self.online_teacher, self.teacher_norm)
         if self.teacher_test_scores is not None:
+            checkpoint = Path(self.teacher_info["checkpoint"])
             self.teacher_info.update({"arch": self.teacher_info.get("arch") or
                                       self.teacher_info["model_config"].get("arch"),
-                                      "run": req.extra.get("teacher_run")})
+                                      "run": checkpoint.parent.name})
 
     def _probabilities(self, logits: np.ndarray) -> np.ndarray:
         z = torch.from_numpy(np.asarray(logits, dtype=np.float32))
@@ -374,7 +375,7 @@ class Trainer:
             (self.out / "config.yaml").write_text(dump_config(self.request.config))
         logger = RunLogger(self.out) if self.dist.is_main else None
         same_split = cfg["data"]["val"] == cfg["data"]["test"]
-        wa_start, wa_end = int(cfg["average"]["wa_start_epoch"]), int(cfg["average"]["wa_end_epoch"])
+        wa_start, wa_end = self.wa_range()
         while self.epoch < self.epochs:
             row = {"epoch": self.epoch + 1, **self.train_epoch(position)}
             position = 0
@@ -399,14 +400,21 @@ class Trainer:
             barrier(self.dist)
         return self.finish(logger, test_metrics)
 
+    def wa_range(self) -> tuple[int, int]:
+        """Inclusive epoch range of weight averaging; empty (1, 0) when it is switched off."""
+        average = self.config["average"]
+        if average.get("wa_start_epoch") is None or average.get("wa_end_epoch") is None:
+            return 1, 0
+        return int(average["wa_start_epoch"]), int(average["wa_end_epoch"])
+
     def finish(self, logger: RunLogger | None, last_metrics: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config
         results: dict[str, Any] = {"arch": self.request.arch, "metric": self.metric, "epochs": self.epochs,
                                    "multilabel": self.store.multilabel, "n_test": int(len(self.test_rows)),
                                    "last": last_metrics, "best": {"epoch": self.best["epoch"],
                                                                   **self.best.get("test", {})}}
-        wa_start, wa_end = int(cfg["average"]["wa_start_epoch"]), min(int(cfg["average"]["wa_end_epoch"]), self.epochs)
-        paths = [self.out / "checkpoints" / f"epoch_{e:03d}.pt" for e in range(max(wa_start, 1), wa_end + 1)]
+        wa_start, wa_end = self.wa_range()
+        paths = [self.out / "checkpoints" / f"epoch_{e:03d}.pt" for e in range(wa_start, wa_end + 1)]
         paths = [p for p in paths if p.is_file()]
         export = "last"
         final_scores = self.predict(self.test_rows)
@@ -428,8 +436,8 @@ class Trainer:
             else:
                 os.replace(_copy(source, self.out / ".final.pt.tmp"), self.out / "final.pt")
             results["final"] = export
-            if "run" in self.request.extra:
-                results["run"] = self.request.extra["run"]
+            results["run"] = {"name": self.out.name, "group": self.out.parent.name,
+                              "role": "student" if self.teacher_test_scores is not None else "baseline"}
             predictions = {"rows": self.test_rows, "clip_ids": self.store.clip_ids[self.test_rows],
                            "scores": final_scores, "targets": self.store.targets[self.test_rows]}
             if self.teacher_test_scores is not None:
