@@ -50,6 +50,9 @@ def run_features(manifest_dir: str | os.PathLike, out: str | os.PathLike, *, con
     out = Path(out)
     if overwrite and out.exists():
         shutil.rmtree(out)
+    if out.exists() and not (out / "zarr.json").is_file():
+        raise StoreError(f"{out}: exists but is not a Zarr store; pass --overwrite to replace it "
+                         "or choose another --out")
     if out.exists():
         group = fs.open_for_writing(out, manifest, config)
     else:
