@@ -1,36 +1,50 @@
-# cmkd-pipe: every target runs from a fresh clone (`make install` happens on demand).
+# cmkd-pipe: every target works from a fresh clone (`make install` runs on demand).
+# Stage targets are real Make dependencies on the stages' completion records: `cmkd-pipe plan` writes
+# $(RUN_DIR)/plan.mk, one rule per stage (target: <stage>/stage.json; prerequisites: the records of its
+# inputs and its own config.json, rewritten only when the config changes). A failed or killed stage has
+# no new record, so the next `make` reruns it and what depends on it, nothing else.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
-CLI := $(VENV)/bin/cmkd-pipe
+CLI := $(abspath $(VENV))/bin/cmkd-pipe
 DATASET ?= demo
 DATA_ROOT ?= data/$(DATASET)
 RUN_DIR ?= runs/$(DATASET)
 NPROC ?= 1
+SCHEDULER ?=
+SET ?=
 PYTEST_ARGS ?=
+PLAN := $(RUN_DIR)/plan.mk
+PLAN_ARGS = --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) --nproc $(NPROC) \
+	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(foreach s,$(SET),--set '$(s)')
 
-.PHONY: install test demo manifest features clean-demo
+.PHONY: install test demo cmkd manifest features train teacher-logits train-student report status plan
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --upgrade --quiet pip
+	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
 test: install
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-# The main job on the built-in demo corpus.
-demo: install
-	$(CLI) run --dataset demo --data-root data/demo --run-dir runs/demo
+# The main job on the built-in demo corpus: data, features, both teachers, both logit stores,
+# four students, report (about 15 minutes on 2 CPU cores).
+demo:
+	$(MAKE) cmkd DATASET=demo
 
-manifest: install
-	$(CLI) run --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) --until manifest
+plan: install
+	$(CLI) plan $(PLAN_ARGS) --cli $(CLI) --out $(PLAN)
 
-features: install
-	$(CLI) run --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) --until features
+cmkd: plan
+	$(MAKE) -f $(PLAN) stage-all
+	@cat $(RUN_DIR)/report/report.md
 
-clean-demo:
-	rm -rf data/demo runs/demo
+manifest features train teacher-logits train-student report: plan
+	$(MAKE) -f $(PLAN) stage-$@
+
+status: install
+	$(CLI) status --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set '$(s)')

@@ -1,0 +1,484 @@
+"""Report stage: the CMKD comparison table and figures, built from the run folders of `cmkd-pipe cmkd`.
+
+Inputs:  RUN_DIR/<group>/<run>/results.json, metrics.jsonl and test_predictions.npz, as the training
+         engine writes them. A group is one CV fold (`fold-1`) or `main`; the runs are the baselines
+         `train-cnn`, `train-ast` (also the teachers) and the students `student-<arch>-from-<teacher>`.
+Outputs: OUT (default RUN_DIR/report)/ report.md, learning_curves.png, per_class.png, agreement.png and
+         report.json, each written atomically (temporary file, then rename), report.json last.
+Record:  none; the report is cheap and rebuilt from the run folders on every call. A run without
+         results.json (failed, unfinished or never started) is listed as missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.metrics import average_precision
+from pipeline.records import read_failure, write_json_atomic
+from pipeline.training.logs import load_metrics
+from pipeline.version import code_version
+
+SCHEMA = "cmkd-pipe/report/1"
+RESULTS = "results.json"
+PREDICTIONS = "test_predictions.npz"
+EXPECTED_RUNS = ("train-cnn", "train-ast", "student-cnn-from-ast", "student-ast-from-cnn",
+                 "student-cnn-from-cnn", "student-ast-from-ast")
+VARIANTS = {"single": "last", "best": "best", "wa": "wa", "ensemble": "ensemble"}  # column → results key
+FIGURES = {"learning_curves": "learning_curves.png", "per_class": "per_class.png", "agreement": "agreement.png"}
+AGREEMENT = "teacher_agreement"
+RUN_NAME = re.compile(r"(?:train-(cnn|ast)|student-(cnn|ast)-from-(cnn|ast))")
+
+
+class ReportError(ValueError):
+    """The run folders cannot be reported on (nothing to report, or a malformed file)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    group: str
+    name: str
+    path: Path
+    results: dict[str, Any]
+
+    @property
+    def role(self) -> str:
+        return self.results.get("run", {}).get("role") or ("student" if "teacher" in self.results else "baseline")
+
+    @property
+    def family(self) -> str:
+        return _family(self.results["arch"])
+
+    def value(self, variant: str, metric: str) -> float | None:
+        summary = self.results.get(VARIANTS[variant])
+        value = summary.get(metric) if isinstance(summary, dict) else None
+        return None if value is None else float(value)
+
+
+def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 class_names: list[str] | None = None) -> dict[str, Any]:
+    """Collect every RUN_DIR/<group>/<run>/results.json and write the report files; return report.json's data."""
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir}: no such run folder; give the --out folder of `cmkd-pipe cmkd`")
+    groups, runs, missing = _collect(run_dir, out)
+    metric, multilabel = _common_setting(runs)
+    names = _ordered(EXPECTED_RUNS + tuple(name for _, name in runs))
+    rows = [_row(name, groups, runs, metric) for name in names]
+    students = [row["run"] for row in rows if row["role"] == "student"]
+    per_class = _per_class(students, groups, runs, multilabel, class_names)
+    curves = {f"test_{metric}": _curves(names, groups, runs, f"test_{metric}"),
+              AGREEMENT: _curves(students, groups, runs, AGREEMENT)}
+    labels = {row["run"]: _label(row) for row in rows}
+    report = {"schema": SCHEMA, "run_dir": str(run_dir), "metric": metric, "multilabel": multilabel,
+              "groups": groups, "rows": rows, "missing": missing, "per_class": per_class, "curves": curves,
+              "class_names": list(class_names) if class_names is not None else None,
+              "figures": FIGURES, "code_version": code_version()}
+    out.mkdir(parents=True, exist_ok=True)
+    _plot_curves(out / FIGURES["learning_curves"], curves[f"test_{metric}"], labels, f"test {metric}",
+                 "no run has logged a test metric yet")
+    _plot_per_class(out / FIGURES["per_class"], per_class, labels, _class_metric_name(multilabel), class_names)
+    _plot_curves(out / FIGURES["agreement"], curves[AGREEMENT], labels, "top-1 agreement with the teacher",
+                 "no KD run has logged teacher_agreement yet")
+    _write_text(out / "report.md", markdown(report))
+    write_json_atomic(out / "report.json", report)
+    return report
+
+
+# ------------------------------------------------------------------------------ collecting runs
+def _collect(run_dir: Path, out: Path) -> tuple[list[str], dict[tuple[str, str], Run], list[dict[str, str]]]:
+    groups: list[str] = []
+    runs: dict[tuple[str, str], Run] = {}
+    missing: list[dict[str, str]] = []
+    for group_dir in sorted(run_dir.iterdir(), key=lambda p: _natural(p.name)):
+        if not group_dir.is_dir() or group_dir.name.startswith(".") or group_dir.resolve() == out.resolve():
+            continue
+        found = {p.name for p in group_dir.iterdir() if p.is_dir() and _is_run_folder(p)}
+        if not found:
+            continue
+        groups.append(group_dir.name)
+        for name in _ordered(EXPECTED_RUNS + tuple(found)):
+            path = group_dir / name
+            if (path / RESULTS).is_file():
+                runs[(group_dir.name, name)] = Run(group_dir.name, name, path, _read_results(path / RESULTS))
+            else:
+                missing.append({"group": group_dir.name, "run": name, "reason": _why_missing(path)})
+    if not groups:
+        raise ReportError(f"{run_dir}: no run folders <group>/<run>/ inside; run `cmkd-pipe cmkd` first")
+    if not runs:
+        raise ReportError(f"{run_dir}: no run has a {RESULTS} yet ({len(missing)} missing); "
+                          "let `cmkd-pipe cmkd` finish at least one training")
+    return groups, runs, missing
+
+
+def _is_run_folder(path: Path) -> bool:
+    return path.name in EXPECTED_RUNS or (path / RESULTS).is_file() or read_failure(path) is not None
+
+
+def _why_missing(path: Path) -> str:
+    failure = read_failure(path)
+    if failure is not None:
+        return f"failed: {failure.get('error') or 'see ' + str(failure.get('log'))}"
+    return f"no {RESULTS} (unfinished or interrupted)" if path.is_dir() else "not run"
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ReportError(f"{path}: not valid JSON ({error.msg}); rerun that training or delete its folder") from None
+    if not isinstance(results, dict):
+        raise ReportError(f"{path}: expected a JSON object; rerun that training or delete its folder")
+    for field in ("arch", "metric", "last"):
+        if field not in results:
+            raise ReportError(f"{path}: field {field!r} missing; rerun that training or delete its folder")
+    if not isinstance(results["last"], dict) or results["metric"] not in results["last"]:
+        raise ReportError(f"{path}: field 'last.{results['metric']}' missing; rerun that training")
+    return results
+
+
+def _common_setting(runs: dict[tuple[str, str], Run]) -> tuple[str, bool]:
+    first = next(iter(runs.values()))
+    setting = (first.results["metric"], bool(first.results.get("multilabel", False)))
+    for run in runs.values():
+        other = (run.results["metric"], bool(run.results.get("multilabel", False)))
+        if other != setting:
+            raise ReportError(f"{run.path / RESULTS}: metric/multilabel {other} differ from {setting} of "
+                              f"{first.path / RESULTS}; report the runs of one dataset at a time")
+    return setting
+
+
+# ------------------------------------------------------------------------------------- table
+def _row(name: str, groups: list[str], runs: dict[tuple[str, str], Run], metric: str) -> dict[str, Any]:
+    present = [runs[(g, name)] for g in groups if (g, name) in runs]
+    model, teacher, role = _describe(name, present, runs)
+    row: dict[str, Any] = {
+        "run": name, "model": model, "teacher": teacher, "role": role, "n": len(present),
+        "groups": [run.group for run in present],
+        "metric": {variant: _stats({run.group: run.value(variant, metric) for run in present})
+                   for variant in VARIANTS},
+        "best_epoch": {run.group: run.results.get("best", {}).get("epoch") for run in present},
+        "delta": None, "beats_teacher": None,
+    }
+    if role != "student":
+        return row
+    deltas: dict[str, dict[str, float | None]] = {variant: {} for variant in VARIANTS}
+    wins: dict[str, bool] = {}
+    for run in present:
+        baseline = _baseline(run.group, run.family, runs)
+        if baseline is not None:
+            for variant in VARIANTS:
+                deltas[variant][run.group] = _difference(run.value(variant, metric), baseline.value(variant, metric))
+        teacher_run = _teacher(run, runs)
+        if teacher_run is not None and None not in (run.value("single", metric), teacher_run.value("single", metric)):
+            wins[run.group] = run.value("single", metric) > teacher_run.value("single", metric)
+    row["delta"] = {variant: _stats(values) for variant, values in deltas.items()}
+    row["beats_teacher"] = {"wins": sum(wins.values()), "n": len(wins), "groups": wins}
+    return row
+
+
+def _describe(name: str, present: list[Run], runs: dict[tuple[str, str], Run]) -> tuple[str, str, str]:
+    """(model, teacher, role) labels, from the results when there are any, else from the run name."""
+    if present:
+        run = present[0]
+        if run.role != "student":
+            return run.family.upper(), "—", run.role
+        teacher = _teacher(run, runs)
+        arch = run.results["teacher"].get("arch") or (teacher.results["arch"] if teacher else None)
+        return f"KD-{run.family.upper()}", _family(arch).upper() if arch else "?", "student"
+    match = RUN_NAME.fullmatch(name)
+    if match is None:
+        return "?", "?", "?"
+    if match.group(1):
+        return match.group(1).upper(), "—", "baseline"
+    return f"KD-{match.group(2).upper()}", match.group(3).upper(), "student"
+
+
+def _baseline(group: str, family: str, runs: dict[tuple[str, str], Run]) -> Run | None:
+    """The same-architecture baseline of a group (`train-<family>` first)."""
+    preferred = runs.get((group, f"train-{family}"))
+    if preferred is not None and preferred.role == "baseline":
+        return preferred
+    return next((r for (g, _), r in runs.items() if g == group and r.role == "baseline" and r.family == family), None)
+
+
+def _teacher(run: Run, runs: dict[tuple[str, str], Run]) -> Run | None:
+    """The teacher run of a student: the run its results name, else the teacher architecture's baseline."""
+    teacher = run.results.get("teacher") or {}
+    if teacher.get("run"):
+        return runs.get((run.group, teacher["run"]))
+    return _baseline(run.group, _family(teacher["arch"]), runs) if teacher.get("arch") else None
+
+
+def _stats(values: dict[str, float | None]) -> dict[str, Any]:
+    """Mean and sample standard deviation (None below two values) over groups."""
+    kept = {group: value for group, value in values.items() if value is not None}
+    array = np.array(list(kept.values()), dtype=np.float64)
+    return {"mean": float(array.mean()) if len(array) else None,
+            "std": float(array.std(ddof=1)) if len(array) > 1 else None, "n": len(array), "values": kept}
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _family(arch: str) -> str:
+    return "ast" if arch == "ast" else "cnn"
+
+
+def _label(row: dict[str, Any]) -> str:
+    return row["model"] if row["role"] != "student" else f"{row['model']} ← {row['teacher']}"
+
+
+def _natural(text: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _ordered(names: tuple[str, ...]) -> list[str]:
+    """The standard runs in their order, then any other run names sorted."""
+    unique = dict.fromkeys(names)
+    return [n for n in EXPECTED_RUNS if n in unique] + sorted((n for n in unique if n not in EXPECTED_RUNS),
+                                                              key=_natural)
+
+
+# ------------------------------------------------------------------------- per-class metrics
+def _class_metric_name(multilabel: bool) -> str:
+    return "AP" if multilabel else "accuracy"
+
+
+def per_class_accuracy(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class accuracy (recall of the top class) [K]; NaN for a class without test clips."""
+    true, predicted = targets.argmax(axis=1), scores.argmax(axis=1)
+    k = targets.shape[1]
+    counts = np.bincount(true, minlength=k)
+    hits = np.bincount(true, weights=(predicted == true).astype(np.float64), minlength=k)
+    return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+
+
+def _per_class(students: list[str], groups: list[str], runs: dict[tuple[str, str], Run], multilabel: bool,
+               class_names: list[str] | None) -> dict[str, Any]:
+    """Per student: its per-class metric and its teacher's on the same clips, averaged over groups."""
+    measure = average_precision if multilabel else per_class_accuracy
+    out: dict[str, Any] = {}
+    for name in students:
+        student, teacher = [], []
+        for group in groups:
+            run = runs.get((group, name))
+            if run is None or not (run.path / PREDICTIONS).is_file():
+                continue
+            scores, targets, teacher_scores = _read_predictions(run.path / PREDICTIONS)
+            if student and len(scores[0]) != len(student[0]):
+                raise ReportError(f"{run.path / PREDICTIONS}: {len(scores[0])} classes, other groups have "
+                                  f"{len(student[0])}; report the runs of one dataset at a time")
+            student.append(measure(scores, targets))
+            teacher.append(measure(teacher_scores, targets))
+        if not student:
+            continue
+        s, t = _nanmean(np.stack(student)), _nanmean(np.stack(teacher))
+        if class_names is not None and len(class_names) != len(s):
+            raise ReportError(f"class_names has {len(class_names)} names but the predictions of {name} have "
+                              f"{len(s)} classes; pass the store's vocabulary")
+        defined = ~np.isnan(s) & ~np.isnan(t)
+        out[name] = {"groups": len(student), "student": _json_list(s), "teacher": _json_list(t),
+                     "classes": int(defined.sum()), "better": int((s[defined] > t[defined]).sum()),
+                     "worse": int((s[defined] < t[defined]).sum())}
+    return out
+
+
+def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in ("scores", "targets", "teacher_scores") if key in data}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ReportError(f"{path}: unreadable ({error}); rerun that training") from None
+    for key in ("scores", "targets", "teacher_scores"):
+        if key not in arrays:
+            raise ReportError(f"{path}: array {key!r} missing; rerun that training with the current engine")
+    if not arrays["scores"].shape == arrays["targets"].shape == arrays["teacher_scores"].shape:
+        raise ReportError(f"{path}: scores, targets and teacher_scores differ in shape; rerun that training")
+    return arrays["scores"], arrays["targets"], arrays["teacher_scores"]
+
+
+def _nanmean(stack: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 ignoring NaN; NaN where every value is NaN (without numpy's warning)."""
+    count = (~np.isnan(stack)).sum(axis=0)
+    return np.where(count > 0, np.nansum(stack, axis=0) / np.maximum(count, 1), np.nan)
+
+
+def _json_list(values: np.ndarray) -> list[float | None]:
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+# ------------------------------------------------------------------------------------ curves
+def _curves(names: list[str], groups: list[str], runs: dict[tuple[str, str], Run], column: str) -> dict[str, Any]:
+    """Per run: `column` per epoch, mean and std over the groups that logged it."""
+    out: dict[str, Any] = {}
+    for name in names:
+        by_epoch: dict[int, list[float]] = {}
+        for group in groups:
+            run = runs.get((group, name))
+            for row in load_metrics(run.path) if run is not None else []:
+                if isinstance(row.get(column), (int, float)) and np.isfinite(row[column]):
+                    by_epoch.setdefault(row["epoch"], []).append(float(row[column]))
+        if by_epoch:
+            epochs = sorted(by_epoch)
+            out[name] = {"epoch": epochs, "mean": [float(np.mean(by_epoch[e])) for e in epochs],
+                         "std": [float(np.std(by_epoch[e], ddof=1)) if len(by_epoch[e]) > 1 else 0.0 for e in epochs],
+                         "n": [len(by_epoch[e]) for e in epochs]}
+    return out
+
+
+# ----------------------------------------------------------------------------------- figures
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, path)
+
+
+def _plot_curves(path: Path, curves: dict[str, Any], labels: dict[str, str], ylabel: str, empty: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _figure(8, 4.5)
+    axes = figure.add_subplot(1, 1, 1)
+    for name, curve in curves.items():
+        epoch, mean, std = (np.array(curve[k]) for k in ("epoch", "mean", "std"))
+        line, = axes.plot(epoch, mean, marker="o", markersize=3, label=f"{labels[name]} ({name})")
+        if max(curve["n"]) > 1:
+            axes.fill_between(epoch, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    if curves:
+        n = max(max(c["n"]) for c in curves.values())
+        axes.set_title(f"{ylabel} per epoch" + (f" (mean ± std over {n} groups)" if n > 1 else ""))
+        axes.legend(fontsize="small")
+    else:
+        axes.text(0.5, 0.5, empty, ha="center", va="center", transform=axes.transAxes)
+    axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    _save(figure, path)
+
+
+def _plot_per_class(path: Path, per_class: dict[str, Any], labels: dict[str, str], measure: str,
+                    class_names: list[str] | None) -> None:
+    """One scatter per student: teacher's per-class metric (x) against the student's (y)."""
+    columns = min(max(len(per_class), 1), 2)
+    rows = max(1, -(-len(per_class) // 2))
+    figure = _figure(5 * columns, 4.6 * rows)
+    if not per_class:
+        axes = figure.add_subplot(1, 1, 1)
+        axes.text(0.5, 0.5, f"no KD run has {PREDICTIONS} yet", ha="center", va="center", transform=axes.transAxes)
+    for position, (name, entry) in enumerate(per_class.items(), start=1):
+        axes = figure.add_subplot(rows, columns, position)
+        s, t = (np.array(entry[k], dtype=np.float64) for k in ("student", "teacher"))  # None → NaN
+        defined = ~np.isnan(s) & ~np.isnan(t)
+        axes.scatter(t[defined], s[defined], s=14, alpha=0.7)
+        axes.plot([0, 1], [0, 1], color="grey", linewidth=1, linestyle="--")
+        differs = defined & (s != t)
+        for index in np.flatnonzero(differs)[np.argsort(-np.abs(s - t)[differs])[:3]]:  # the 3 largest gaps
+            name_of = class_names[index] if class_names is not None else f"#{index}"
+            axes.annotate(name_of, (t[index], s[index]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axes.set_xlim(-0.02, 1.02)
+        axes.set_ylim(-0.02, 1.02)
+        axes.set_xlabel(f"teacher per-class {measure}")
+        axes.set_ylabel(f"student per-class {measure}")
+        axes.set_title(f"{labels[name]}: above teacher on {entry['better']}/{entry['classes']}", fontsize=10)
+        axes.grid(alpha=0.3)
+    _save(figure, path)
+
+
+# ---------------------------------------------------------------------------------- markdown
+COLUMNS = (
+    ("model", "the trained architecture; KD- marks a student trained on a teacher's outputs"),
+    ("teacher", "the teacher's architecture (— for baselines, which are the teachers)"),
+    ("run", "the run folder under each group"),
+    ("n", "groups (folds or seeds) with a result; a cell with fewer says (n=k); values are mean ± sample std"),
+    ("single", "the model after the last epoch"),
+    ("best epoch", "the model of the epoch with the best validation metric, on the test split"),
+    ("WA", "weights averaged over the epoch range in results.json"),
+    ("ensemble", "the mean of the per-epoch test predictions"),
+    ("Δ vs baseline", "single-model student minus the same-architecture baseline of its group, averaged over groups"),
+    ("beats teacher", "groups where the single-model student is above its teacher (yes: all, no: none)"),
+)
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The results table of a report (one row per run name) as Markdown."""
+    metric = report["metric"]
+    header = [name if name in ("model", "teacher", "run", "n", "Δ vs baseline", "beats teacher")
+              else f"{name} {metric}" for name, _ in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in report["rows"]:
+        n = row["n"]
+        cells = [row["model"], row["teacher"], f"`{row['run']}`", str(n)]
+        cells += [_cell(row["metric"][variant], n) for variant in VARIANTS]
+        cells.append(_cell(row["delta"]["single"], n, signed=True) if row["delta"] else "—")
+        cells.append(_beats(row["beats_teacher"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The whole report.md: table, column legend, missing runs and the three figures."""
+    groups = report["groups"]
+    kind = "multi-label" if report["multilabel"] else "single-label"
+    labels = {row["run"]: _label(row) for row in report["rows"]}
+    parts = [
+        "# CMKD report", "",
+        f"Runs: `{report['run_dir']}` · metric: {report['metric']} ({kind}) · "
+        f"groups ({len(groups)}): {', '.join(groups)} · code {report['code_version']}", "",
+        "## Results", "", markdown_table(report), "",
+        *[f"- **{name}**: {meaning}." for name, meaning in COLUMNS], "",
+        "## Missing runs", "",
+        *([f"- `{m['group']}/{m['run']}`: {m['reason']}" for m in report["missing"]] or ["None."]), "",
+        "## Learning curves", "", f"![learning curves]({FIGURES['learning_curves']})", "",
+        f"Test {report['metric']} after each epoch for every run (mean over groups, band ± std).", "",
+        "## Per-class: students against their teachers", "", f"![per-class]({FIGURES['per_class']})", "",
+        f"Each point is a class: the teacher's per-class {_class_metric_name(report['multilabel'])} (x) against "
+        "the student's (y) on the same test clips, averaged over groups; above the diagonal the student is better.",
+        "",
+    ]
+    for name, entry in report["per_class"].items():
+        parts.append(f"- {labels[name]} (`{name}`): above its teacher on {entry['better']} of {entry['classes']} "
+                     f"classes, below on {entry['worse']}.")
+    parts += ["", "## Student–teacher agreement", "", f"![agreement]({FIGURES['agreement']})", "",
+              "Share of test clips where the student's top class is the teacher's, after each epoch (KD runs).", ""]
+    return "\n".join(parts)
+
+
+def _cell(stats: dict[str, Any], n: int, signed: bool = False) -> str:
+    if stats["n"] == 0:
+        return "—"
+    text = f"{stats['mean']:+.4f}" if signed else f"{stats['mean']:.4f}"
+    if stats["std"] is not None:
+        text += f" ± {stats['std']:.4f}"
+    return text + (f" (n={stats['n']})" if stats["n"] != n else "")
+
+
+def _beats(beats: dict[str, Any] | None) -> str:
+    if beats is None or beats["n"] == 0:
+        return "—"
+    wins, n = beats["wins"], beats["n"]
+    word = "yes" if wins == n else "no" if wins == 0 else "mixed"
+    return f"{word} {wins}/{n}"
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
