@@ -13,10 +13,11 @@ RUN_DIR ?= runs/$(DATASET)
 NPROC ?= 1
 SCHEDULER ?=
 SET ?=
+HUB ?=
 PYTEST_ARGS ?=
 PLAN := $(RUN_DIR)/plan.mk
 PLAN_ARGS = --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) --nproc $(NPROC) \
-	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(foreach s,$(SET),--set '$(s)')
+	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(HUB),--pretrained-from-hub) $(foreach s,$(SET),--set '$(s)')
 
 .PHONY: install test demo cmkd manifest features train teacher-logits train-student report status plan
 

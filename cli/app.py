@@ -1,11 +1,12 @@
 """The `cmkd-pipe` command line: parses arguments and calls a stage, nothing more."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from cli.common import fail, print_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CNN/Transformer cross-model knowledge distillation for audio classification.")
@@ -15,13 +16,6 @@ Scheduler = Annotated[Optional[str], typer.Option(help="Dask scheduler address (
 Workers = Annotated[Optional[int], typer.Option(help="LocalCluster workers (default: number of cores)")]
 
 
-def _fail(error: Exception) -> None:
-    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=1)
-
-
-def _print_json(data: dict) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
 
 
 @app.command("demo-data")
@@ -61,7 +55,7 @@ def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset
         else:
             built = build_manifest(kind, root, **options)
     except (ManifestError, FileNotFoundError, ValueError) as error:
-        _fail(error)
+        fail(error)
     built.save(out)
     typer.echo(f"{len(built)} clips, {len(built.vocabulary)} classes, "
                f"{'multi' if built.multilabel else 'single'}-label → {out}")
@@ -90,8 +84,8 @@ def features(manifest_dir: Annotated[Path, typer.Option("--manifest", help="mani
         summary = run_features(manifest_dir, out, config=config, chunk_clips=chunk_clips, scheduler=scheduler,
                                n_workers=workers, max_bad_fraction=max_bad_fraction, overwrite=overwrite)
     except (StoreError, ManifestError, TooManyBadClips, StageTasksFailed) as error:
-        _fail(error)
-    _print_json(summary)
+        fail(error)
+    print_json(summary)
 
 
 Preset = Annotated[str, typer.Option(help="training preset: demo, esc50, fsd50k, audioset-balanced, audioset-full")]
@@ -111,7 +105,7 @@ def _train_command(features: Path, model: str, out: Path, preset: str, overrides
                         logits=str(logits) if logits else None, teacher=str(teacher) if teacher else None,
                         device=device, allow_download=pretrained_from_hub)
     except (StoreError, ValueError, FileNotFoundError) as error:
-        _fail(error)
+        fail(error)
     metric = results["metric"]
     lines = {name: results[name][metric] for name in ("last", "best", "wa", "ensemble") if name in results}
     typer.echo(f"{model} on {features}: test {metric} " + ", ".join(f"{k} {v:.4f}" for k, v in lines.items()
@@ -143,7 +137,7 @@ def train_student_cmd(features: Annotated[Path, typer.Option(help="feature store
                       pretrained_from_hub: bool = False, device: Optional[str] = None) -> None:
     """Train a student with the CMKD loss against cached teacher logits (or an online teacher)."""
     if (logits is None) == (teacher is None):
-        _fail(ValueError("give exactly one of --logits STORE (cached teacher) or --teacher CKPT (online teacher)"))
+        fail(ValueError("give exactly one of --logits STORE (cached teacher) or --teacher CKPT (online teacher)"))
     _train_command(features, model, out, preset, set_, resume, weights, new_head, pretrained_from_hub, device,
                    logits=logits, teacher=teacher)
 
@@ -161,9 +155,9 @@ def evaluate_cmd(checkpoint: Annotated[Path, typer.Argument(help="model checkpoi
     try:
         result = evaluate_checkpoint(checkpoint, features, split, device=device, out=out)
     except (StoreError, ValueError, FileNotFoundError) as error:
-        _fail(error)
+        fail(error)
     result.pop("per_class_ap", None)
-    _print_json(result)
+    print_json(result)
 
 
 @app.command("cv")
@@ -182,7 +176,7 @@ def cv_cmd(features: Annotated[Path, typer.Option(help="feature store with folds
                          overrides=set_, weights=str(weights) if weights else None, new_head=new_head,
                          allow_download=pretrained_from_hub, device=device)
     except (StoreError, ValueError, FileNotFoundError) as error:
-        _fail(error)
+        fail(error)
     for name in ("last", "best", "wa", "ensemble"):
         if name in summary:
             typer.echo(f"{name:9s} {summary['metric']} {summary[name]['mean']:.4f} ± {summary[name]['std']:.4f}")
@@ -201,7 +195,7 @@ def print_config(preset: Preset = "demo", set_: Set = [],
         if model:
             config = select_arch(config, family(model))
     except ValueError as error:
-        _fail(error)
+        fail(error)
     typer.echo(dump_config(config), nl=False)
 
 
@@ -209,12 +203,16 @@ Dataset = Annotated[str, typer.Option(help="demo, demo-multilabel, esc50, fsd50k
 
 
 def _run_options(dataset: str, data_root: Optional[Path], run_dir: Optional[Path], set_: list[str],
-                 scheduler: Optional[str], workers: Optional[int], nproc: int, device: Optional[str]):
+                 scheduler: Optional[str], workers: Optional[int], nproc: int, device: Optional[str],
+                 pretrained_from_hub: bool = False):
     from stages.graph import RunOptions
 
     return RunOptions(dataset=dataset, run_dir=run_dir or Path("runs") / dataset,
                       data_root=data_root or Path("data") / dataset, overrides=set_, scheduler=scheduler,
-                      workers=workers, nproc=nproc, device=device)
+                      workers=workers, nproc=nproc, device=device, pretrained_from_hub=pretrained_from_hub)
+
+
+HubOption = Annotated[bool, typer.Option(help="let training stages download ImageNet weights from timm's hub")]
 
 
 @app.command("run")
@@ -224,20 +222,24 @@ def run_cmd(dataset: Dataset = "demo", data_root: Annotated[Optional[Path], type
             only: Annotated[Optional[str], typer.Option(help="run just this stage (name or kind)")] = None,
             set_: Set = [], scheduler: Scheduler = None, workers: Workers = None,
             nproc: Annotated[int, typer.Option(help="processes per training stage (torchrun DDP)")] = 1,
-            device: Optional[str] = None) -> None:
+            device: Optional[str] = None, pretrained_from_hub: HubOption = False) -> None:
     """Run the CMKD experiment of a dataset: only the stages not done (or stale), then print the report."""
     from stages import graph
 
-    options = _run_options(dataset, data_root, run_dir, set_, scheduler, workers, nproc, device)
+    options = _run_options(dataset, data_root, run_dir, set_, scheduler, workers, nproc, device,
+                           pretrained_from_hub)
     try:
         ran = graph.run(options, until=until, only=only, echo=typer.echo)
     except (graph.StageFailed, ValueError) as error:
-        _fail(error)
+        fail(error)
     if not ran:
         typer.echo("everything requested is up to date")
     report = options.run_dir / "report" / "report.md"
     if report.is_file() and not until and not only:
         typer.echo(report.read_text())
+
+
+app.command("cmkd", help="The whole CMKD experiment of a dataset (same as `run` without --until/--only).")(run_cmd)
 
 
 @app.command("status")
@@ -256,14 +258,16 @@ def status_cmd(dataset: Dataset = "demo", data_root: Optional[Path] = None, run_
 @app.command("plan")
 def plan_cmd(out: Annotated[Path, typer.Option(help="Make include file to write")],
              dataset: Dataset = "demo", data_root: Optional[Path] = None, run_dir: Optional[Path] = None,
-             set_: Set = [], scheduler: Scheduler = None, nproc: int = 1,
+             set_: Set = [], scheduler: Scheduler = None, nproc: int = 1, pretrained_from_hub: HubOption = False,
              cli: Annotated[str, typer.Option(help="how Make calls the CLI")] = "cmkd-pipe") -> None:
     """Write Make rules whose targets are the stages' completion records (used by the Makefile)."""
     from pipeline.records import write_text_atomic
     from stages import graph
 
-    options = _run_options(dataset, data_root, run_dir, set_, scheduler, None, nproc, None)
-    write_text_atomic(out, graph.make_rules(options, cli))
+    options = _run_options(dataset, data_root, run_dir, set_, scheduler, None, nproc, None, pretrained_from_hub)
+    rules = graph.make_rules(options, cli)
+    if not out.is_file() or out.read_text() != rules:
+        write_text_atomic(out, rules)
 
 
 def _register_stage_commands() -> None:

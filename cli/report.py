@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from cli.common import fail
+
 
 def register(app: typer.Typer) -> None:
     """Add the `report` command to the `cmkd-pipe` app."""
@@ -21,8 +23,7 @@ def register(app: typer.Typer) -> None:
         try:
             built = build_report(run_dir, out)
         except ValueError as error:  # ReportError, or a malformed metrics.jsonl
-            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=1)
+            fail(error)
         typer.echo(markdown_table(built))
         for entry in built["missing"]:
             typer.echo(f"missing: {entry['group']}/{entry['run']} ({entry['reason']})")

@@ -52,6 +52,7 @@ class RunOptions:
     workers: int | None = None
     nproc: int = 1
     device: str | None = None
+    pretrained_from_hub: bool = False  # let training stages fetch ImageNet weights (only when asked)
 
 
 def groups(profile: DatasetProfile) -> list[tuple[str, list[str]]]:
@@ -127,7 +128,8 @@ def _train_config(profile: DatasetProfile, fam: str, settings: list[str]) -> dic
 def _train_argv(command: str, fam: str, features: str, out: Path, preset: str, settings: list[str],
                 options: RunOptions) -> list[str]:
     return [command, "--features", features, "--out", str(out), "--model", fam, "--preset", preset, "--resume",
-            *[f"--set={item}" for item in settings], *_device_args(options)]
+            *[f"--set={item}" for item in settings], *_device_args(options),
+            *(["--pretrained-from-hub"] if options.pretrained_from_hub else [])]
 
 
 def _dask_args(options: RunOptions) -> list[str]:
@@ -317,7 +319,8 @@ def make_rules(options: RunOptions, cli: str) -> str:
     base = (f"{cli} run --dataset {options.dataset} --data-root {options.data_root} --run-dir {run_dir} "
             + " ".join(f"--set '{item}'" for item in options.overrides)
             + (f" --nproc {options.nproc}" if options.nproc > 1 else "")
-            + (f" --scheduler {options.scheduler}" if options.scheduler else ""))
+            + (f" --scheduler {options.scheduler}" if options.scheduler else "")
+            + (" --pretrained-from-hub" if options.pretrained_from_hub else ""))
     for stage in stages:
         write_config_file(stage, run_dir)
         target = run_dir / stage.name / "stage.json"

@@ -119,7 +119,7 @@ class LogitsStore:
 def _first_mismatch(a: np.ndarray, b: np.ndarray) -> str:
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
-            return f"first difference at row {i}: {x!r} vs {y!r}"
+            return f"first difference at row {i}: {str(x)!r} vs {str(y)!r}"
     return "one is a prefix of the other"
 
 

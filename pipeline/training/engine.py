@@ -172,7 +172,9 @@ class Trainer:
             store.verify_readable()
             self.teacher_cache = ChunkCache(store.logits, store.chunk_clips)
             spec = ViewSpec.from_dict(store.attrs["views"])
-            self.views = ViewBuilder(self.store, spec, self.cache, self.config["augment"]["mixup_mode"])
+            # replay views exactly as the teacher-logits stage built them
+            mode = store.attrs["teacher"].get("view_mix_mode", "power")
+            self.views = ViewBuilder(self.store, spec, self.cache, mode)
             self.teacher_info = dict(store.attrs["teacher"])
             self.teacher_test_scores = self._probabilities(self.teacher_cache.rows(self.test_rows)[:, 0])
         elif req.teacher_checkpoint:

@@ -1,0 +1,72 @@
+"""`cmkd-pipe teacher-logits` and `cmkd-pipe inspect-logits`: argument parsing for stages/teacher_logits.py."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.common import fail, print_json
+
+
+
+
+def teacher_logits(
+    features: Annotated[Path, typer.Option(help="complete feature store (.zarr)")],
+    checkpoint: Annotated[Path, typer.Option(help="teacher checkpoint (.pt) trained on these features")],
+    out: Annotated[Path, typer.Option(help="logits store to write or resume (.zarr)")],
+    views: Annotated[int, typer.Option(help="views per clip: view 0 clean, the others SpecAugment + mixup")] = 1,
+    view_seed: Annotated[int, typer.Option(help="seed of the deterministic views")] = 0,
+    freq_mask: Annotated[int, typer.Option(help="max frequency mask width of a view (bins)")] = 48,
+    time_mask: Annotated[int, typer.Option(help="max time mask width of a view (frames)")] = 192,
+    mixup_rate: Annotated[float, typer.Option(help="share of views mixed with a partner of the same split")] = 0.5,
+    mixup_alpha: Annotated[float, typer.Option(help="λ ~ Beta(alpha, alpha)")] = 10.0,
+    mix_mode: Annotated[str, typer.Option(help="power | logmel (must match the student's augment.mixup_mode)")]
+    = "power",
+    chunk_clips: Annotated[Optional[int], typer.Option(help="clips per chunk = per task "
+                                                            "(default: the feature store's)")] = None,
+    batch_size: Annotated[int, typer.Option(help="clips per teacher forward pass")] = 32,
+    scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786); "
+                                                          "default: a LocalCluster on this machine")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="LocalCluster workers (default: number of cores; "
+                                                        "1 on CUDA)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu | cuda | cuda:N (default: cuda when available)")]
+    = None,
+    overwrite: Annotated[bool, typer.Option(help="delete an existing logits store at --out first")] = False,
+) -> None:
+    """Cache the teacher's raw logits for every clip and view of a feature store (resumable, Dask-parallel)."""
+    from pipeline.parallel import StageTasksFailed
+    from stages.teacher_logits import run_teacher_logits
+
+    try:
+        summary = run_teacher_logits(features, checkpoint, out, views=views, view_seed=view_seed,
+                                     freq_mask=freq_mask, time_mask=time_mask, mixup_rate=mixup_rate,
+                                     mixup_alpha=mixup_alpha, mix_mode=mix_mode, chunk_clips=chunk_clips,
+                                     batch_size=batch_size, scheduler=scheduler, n_workers=workers,
+                                     device=device, overwrite=overwrite)
+    except (ValueError, StageTasksFailed) as error:  # StoreError is a ValueError
+        fail(error)
+    print_json(summary)
+
+
+def inspect_logits(
+    store: Annotated[Path, typer.Argument(help="logits store (.zarr)")],
+    features: Annotated[Optional[Path], typer.Option(help="its feature store, if moved since "
+                                                          "(default: the path recorded in the store)")] = None,
+    png: Annotated[Optional[Path], typer.Option(help="write entropy/confidence histograms per split here")]
+    = None,
+) -> None:
+    """Completeness, provenance and the teacher's metrics per split of a logits store."""
+    from stages.teacher_logits import inspect_logits as inspect
+
+    try:
+        summary = inspect(store, features, png)
+    except ValueError as error:
+        fail(error)
+    print_json(summary)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the teacher-logits and inspect-logits commands to the `cmkd-pipe` app."""
+    app.command("teacher-logits")(teacher_logits)
+    app.command("inspect-logits")(inspect_logits)

@@ -1,0 +1,287 @@
+"""Teacher-logits stage: a frozen teacher run once over every clip and view of a feature store.
+
+Inputs:  a complete feature store and a teacher checkpoint (pipeline/models/checkpoint.py) trained
+         on the same front-end and label vocabulary.
+Outputs: OUT (logits store, schema cmkd-pipe/logits/1): raw float32 logits [clips, views, classes]
+         in the feature store's row order. View 0 is the clean fbank; view v > 0 is the input
+         `pipeline.views.ViewBuilder` builds for (view seed, clip id, v), exactly what the student
+         replays. Every input is normalised with the teacher's own normalisation (from its checkpoint).
+         Bad clips (ok = false) get the logits of their zero fbank; the student never samples them.
+Resume:  the store's provenance attrs (teacher, checkpoint sha256, views, feature fingerprint,
+         vocabulary) must equal this run's, else --overwrite is needed; chunks marked done are
+         skipped; the store is `complete` once every chunk is done.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from torch import nn
+
+from pipeline.augment import MIX_MODES, ViewSpec
+from pipeline.config import Normalization
+from pipeline.features import normalize
+from pipeline.metrics import summarize
+from pipeline.models.checkpoint import check_compatible, file_sha256, load_checkpoint, read_checkpoint
+from pipeline.parallel import run_tasks
+from pipeline.stores import logits_store as ls
+from pipeline.stores.chunks import StoreError, chunk_range, open_store, pending_chunks
+from pipeline.stores.feature_store import FeatureStore
+from pipeline.training.batches import ChunkCache
+from pipeline.views import ViewBuilder
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    out: str
+    index: int
+    features: str
+    feature_fingerprint: str
+    checkpoint: str
+    checkpoint_sha256: str
+    views: dict
+    mix_mode: str
+    batch_size: int
+    device: str
+
+
+def run_teacher_logits(features: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.PathLike, *,
+                       views: int = 1, view_seed: int = 0, freq_mask: int = 48, time_mask: int = 192,
+                       mixup_rate: float = 0.5, mixup_alpha: float = 10.0, mix_mode: str = "power",
+                       chunk_clips: int | None = None, batch_size: int = 32, scheduler: str | None = None,
+                       n_workers: int | None = None, device: str | None = None, overwrite: bool = False,
+                       progress: bool = True) -> dict[str, Any]:
+    """Build or resume the logits store of `checkpoint` over `features`; return a summary dict.
+
+    chunk_clips defaults to the feature store's, so each task reads whole feature chunks. On CUDA
+    (bf16 autocast) a LocalCluster gets one worker unless n_workers says otherwise.
+    """
+    features, checkpoint, out = Path(features), Path(checkpoint), Path(out)
+    if mix_mode not in MIX_MODES:
+        raise ValueError(f"mix mode {mix_mode!r} is unknown; choose one of {', '.join(MIX_MODES)}")
+    for name, value in (("batch_size", batch_size), ("chunk_clips", chunk_clips)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    spec = ViewSpec(views, freq_mask, time_mask, mixup_rate, mixup_alpha, view_seed)
+    device = _device(device)
+    store = FeatureStore(features)
+    teacher = _teacher_provenance(checkpoint, store, mix_mode)
+    if out.resolve() == features.resolve():
+        raise ValueError(f"--out {out} is the feature store itself; choose another path for the logits store")
+    if out.exists():
+        if not _is_logits_store(out):
+            raise StoreError(f"{out}: exists and is not a logits store; choose another --out "
+                             "(--overwrite deletes only logits stores)")
+        if overwrite:
+            shutil.rmtree(out)
+    if out.exists():
+        group = ls.open_for_writing(out, ls.provenance(store, teacher, spec.to_dict()))
+    else:
+        group = ls.create_logits_store(out, store, teacher, spec.to_dict(), chunk_clips or store.chunk_clips)
+    if n_workers is None and scheduler is None and device.startswith("cuda"):
+        n_workers = 1  # one process owns the GPU; start one Dask worker per GPU yourself for more
+    chunk = int(group.attrs["chunk_clips"])
+    todo = pending_chunks(group)
+    tasks = [ChunkTask(str(out.resolve()), i, str(features.resolve()), store.fingerprint, teacher["checkpoint"],
+                       teacher["checkpoint_sha256"], spec.to_dict(), mix_mode, batch_size, device) for i in todo]
+    started = time.perf_counter()
+    run_tasks(compute_chunk, tasks, scheduler=scheduler, n_workers=n_workers, desc="teacher logits",
+              progress=progress)
+    seconds = time.perf_counter() - started
+    clips_run = sum(stop - start for start, stop in (chunk_range(i, chunk, len(store)) for i in todo))
+    if not pending_chunks(group):
+        ls.finalize(group)
+    return {"store": str(out), "clips": len(store), "chunks": int(group.attrs["n_chunks"]), "chunks_run": len(todo),
+            "chunk_clips": chunk, "views": spec.n_views, "complete": bool(group.attrs["complete"]),
+            "seconds": seconds, "clips_per_second": clips_run / seconds if clips_run else 0.0}
+
+
+def _teacher_provenance(checkpoint: Path, store: FeatureStore, mix_mode: str) -> dict[str, Any]:
+    """The `teacher` attrs of the store, after checking the checkpoint fits the feature store."""
+    meta = read_checkpoint(checkpoint)
+    try:
+        check_compatible(meta, store.feature_config.to_dict(), store.vocabulary)
+    except ValueError as error:
+        raise ValueError(f"checkpoint {checkpoint} does not fit the feature store {store.path}: {error}") from None
+    return {"arch": meta["model_config"]["arch"], "model_config": meta["model_config"],
+            "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": file_sha256(checkpoint),
+            "normalization": Normalization.from_dict(meta["normalization"]).to_dict(),
+            "view_mix_mode": mix_mode}
+
+
+def _device(device: str | None) -> str:
+    """The torch device string the workers use (default: cuda when this machine has it)."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return str(torch.device(device))
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+
+
+def _is_logits_store(path: Path) -> bool:
+    if not (path / "zarr.json").is_file():
+        return False
+    return zarr.open_group(store=str(path), mode="r").attrs.get("schema") == ls.SCHEMA
+
+
+# ------------------------------------------------------------------------------ worker side
+
+_TEACHERS: dict[tuple[str, str, str], tuple[nn.Module, Normalization]] = {}
+_VIEWS: dict[tuple[Any, ...], tuple[FeatureStore, ViewBuilder]] = {}
+
+
+def _teacher(path: str, sha256: str, device: str) -> tuple[nn.Module, Normalization]:
+    """The teacher in eval mode and its normalisation, loaded once per worker process."""
+    key = (path, sha256, device)
+    if key not in _TEACHERS:
+        if file_sha256(path) != sha256:
+            raise StoreError(f"checkpoint {path} changed since this run started (sha256 differs); rerun the stage")
+        model, meta = load_checkpoint(path, map_location=device)
+        _TEACHERS.clear()  # a long-lived worker keeps only the current teacher
+        _TEACHERS[key] = (model.eval().requires_grad_(False), Normalization.from_dict(meta["normalization"]))
+    return _TEACHERS[key]
+
+
+def _view_builder(task: ChunkTask) -> tuple[FeatureStore, ViewBuilder]:
+    """The feature store and its view builder, opened once per worker process."""
+    key = (task.features, task.feature_fingerprint, tuple(sorted(task.views.items())), task.mix_mode)
+    if key not in _VIEWS:
+        store = FeatureStore(task.features)
+        if store.fingerprint != task.feature_fingerprint:
+            raise StoreError(f"{task.features}: feature store changed since this run started; rerun the stage")
+        builder = ViewBuilder(store, ViewSpec.from_dict(task.views), ChunkCache(store.fbank, store.chunk_clips),
+                              task.mix_mode)
+        _VIEWS.clear()
+        _VIEWS[key] = (store, builder)
+    return _VIEWS[key]
+
+
+def compute_chunk(task: ChunkTask) -> int:
+    """Teacher logits of every view of one chunk's clips, written with the done marker last (a Dask task)."""
+    device = torch.device(task.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    model, norm = _teacher(task.checkpoint, task.checkpoint_sha256, task.device)
+    store, builder = _view_builder(task)
+    group = zarr.open_group(store=task.out, mode="r+")
+    if group.attrs.get("schema") != ls.SCHEMA:
+        raise StoreError(f"{task.out}: not a logits store")
+    start, stop = chunk_range(task.index, int(group.attrs["chunk_clips"]), int(group.attrs["n_clips"]))
+    rows = np.arange(start, stop)
+    x = store.read(rows)
+    logits = np.empty((len(rows), builder.spec.n_views, store.n_classes), dtype=np.float32)
+    for view in range(builder.spec.n_views):
+        for first in range(0, len(rows), task.batch_size):
+            part = slice(first, first + task.batch_size)
+            inputs = torch.from_numpy(x[part])
+            if view > 0:
+                inputs = builder.build(rows[part], x[part], [view] * len(inputs))[0]
+            logits[part, view] = _forward(model, normalize(inputs.to(device), norm), device)
+    ls.write_chunk(group, task.index, logits)
+    return task.index
+
+
+def _forward(model: nn.Module, x: torch.Tensor, device: torch.device) -> np.ndarray:
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    with torch.no_grad(), autocast:
+        return model(x).float().cpu().numpy()
+
+
+# ------------------------------------------------------------------------------ inspection
+
+def inspect_logits(store: str | os.PathLike, features: str | os.PathLike | None = None,
+                   png: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Completeness and provenance of a logits store; with its feature store (default: the path in
+    its attrs; pass a moved one explicitly) also the teacher's metrics per split from the view-0
+    logits, and with `png` histograms of per-clip prediction entropy and confidence per split."""
+    group = open_store(store, ls.SCHEMA)
+    attrs = group.attrs.asdict()
+    teacher = attrs["teacher"]
+    result: dict[str, Any] = {
+        "store": str(store), "complete": bool(attrs["complete"]),
+        "chunks_done": int(np.asarray(group["chunk_done"][:]).sum()), "chunks": int(attrs["n_chunks"]),
+        "clips": int(attrs["n_clips"]),
+        "teacher": {k: teacher[k] for k in ("arch", "checkpoint", "checkpoint_sha256", "normalization",
+                                            "view_mix_mode")},
+        "views": attrs["views"], "feature_fingerprint": attrs["feature_fingerprint"],
+        "feature_store": attrs["feature_store"], "created": attrs["created"], "code_version": attrs["code_version"],
+        "metrics": None,
+    }
+    feature_path = Path(features) if features is not None else Path(attrs["feature_store"])
+    skip = None
+    if not result["complete"]:
+        skip = "the store is incomplete; rerun teacher-logits to finish it"
+    elif features is None and not (feature_path / "zarr.json").is_file():
+        skip = f"feature store {feature_path} not found; pass --features with its new path"
+    if skip:
+        if png is not None:
+            raise StoreError(f"{store}: cannot plot: {skip}")
+        result["metrics_skipped"] = skip
+        return result
+    feature_store = FeatureStore(feature_path)
+    logits = ls.LogitsStore(store)
+    logits.check_matches(feature_store)
+    clean = torch.from_numpy(np.asarray(logits.logits[:, 0], dtype=np.float32))
+    probs, entropy = _probabilities_and_entropy(clean, feature_store.multilabel)
+    confidence = probs.max(axis=1)
+    splits = {str(s): feature_store.select(str(s)) for s in dict.fromkeys(feature_store.splits)}
+    splits = {name: rows for name, rows in splits.items() if len(rows)}
+    result["metrics"] = {
+        name: {"n_clips": int(len(rows)),
+               **{k: v for k, v in summarize(probs[rows], feature_store.targets[rows],
+                                             feature_store.multilabel).items() if not isinstance(v, list)},
+               "mean_entropy": float(entropy[rows].mean()), "mean_confidence": float(confidence[rows].mean())}
+        for name, rows in splits.items()}
+    if png is not None:
+        max_entropy = math.log(2) if feature_store.multilabel else math.log(feature_store.n_classes)
+        result["png"] = str(_plot(Path(png), splits, entropy, confidence, max_entropy, feature_store.multilabel))
+    return result
+
+
+def _probabilities_and_entropy(logits: torch.Tensor, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-clip probabilities and prediction entropy in nats (multi-label: mean Bernoulli entropy per class)."""
+    if multilabel:
+        probs = torch.sigmoid(logits)
+        entropy = -(probs * nn.functional.logsigmoid(logits)
+                    + (1 - probs) * nn.functional.logsigmoid(-logits)).mean(dim=1)
+    else:
+        log_probs = torch.log_softmax(logits, dim=1)
+        probs = log_probs.exp()
+        entropy = -(probs * log_probs).sum(dim=1)
+    return probs.numpy(), entropy.numpy()
+
+
+def _plot(path: Path, splits: dict[str, np.ndarray], entropy: np.ndarray, confidence: np.ndarray,
+          max_entropy: float, multilabel: bool) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    panels = [("mean per-class entropy (nats)" if multilabel else "entropy (nats)", entropy,
+               max(max_entropy, float(entropy.max()))),  # rounding can pass the bound by an ulp
+              ("max class probability", confidence, 1.0)]
+    for position, (title, values, top) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, 2, position)
+        bins = np.linspace(0.0, top, 31)
+        for name, rows in splits.items():
+            axes.hist(values[rows], bins=bins, histtype="step", linewidth=1.5, label=f"{name} ({len(rows)})")
+        axes.set_xlabel(title)
+        axes.set_ylabel("clips")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    figure.suptitle("teacher predictions on clean inputs (view 0)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
