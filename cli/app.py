@@ -1,6 +1,7 @@
 """The `cmkd-pipe` command line: parses arguments and calls a stage, nothing more."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -106,6 +107,8 @@ def _train_command(features: Path, model: str, out: Path, preset: str, overrides
                         device=device, allow_download=pretrained_from_hub)
     except (StoreError, ValueError, FileNotFoundError) as error:
         fail(error)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 reports
     metric = results["metric"]
     lines = {name: results[name][metric] for name in ("last", "best", "wa", "ensemble") if name in results}
     typer.echo(f"{model} on {features}: test {metric} " + ", ".join(f"{k} {v:.4f}" for k, v in lines.items()

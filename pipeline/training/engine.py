@@ -68,6 +68,17 @@ def family(arch: str) -> str:
     return "ast" if arch == "ast" else "cnn"
 
 
+def model_arch(requested: str, model_section: dict[str, Any]) -> str:
+    """The architecture to build: `--model timm:NAME` as given; `--model cnn` may be refined by the
+    preset's `model.cnn.arch` (e.g. the demo's small timm CNN), within the same family."""
+    preset_arch = model_section.get("arch")
+    if requested in ("cnn", "ast") and preset_arch:
+        if family(preset_arch) != requested:
+            raise ValueError(f"model.{requested}.arch={preset_arch!r} is not a {requested} architecture")
+        return preset_arch
+    return requested
+
+
 class Trainer:
     def __init__(self, request: TrainRequest, dist_info: DistInfo) -> None:
         self.request = request
@@ -86,6 +97,7 @@ class Trainer:
         if len(self.train_rows) == 0:
             raise ValueError(f"data.train {cfg['data']['train']!r} selects no usable clip in {self.store.path}")
         self.norm = self._normalization()
+        self.arch = model_arch(request.arch, self.config["model"])
         self.model = self._build_model().to(self.device)
         if cfg["train"].get("channels_last") and self.device.type == "cuda" and family(request.arch) == "cnn":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -147,7 +159,10 @@ class Trainer:
     def _build_model(self) -> nn.Module:
         options = dict(self.config["model"])
         pretrained = options.pop("pretrained", None)
-        model = build_model({"arch": self.request.arch, **options}, self.store.n_classes,
+        options.pop("arch", None)
+        if self.arch.startswith("timm:"):
+            options.pop("variant", None)  # the presets' EfficientNet variant; timm:NAME names its own backbone
+        model = build_model({"arch": self.arch, **options}, self.store.n_classes,
                             self.store.feature_config.num_mel_bins, self.store.feature_config.target_frames)
         if self.request.weights is not None:
             load_weights(model, self.request.weights, new_head=self.request.new_head)
@@ -318,7 +333,7 @@ class Trainer:
     def _checkpoint_meta(self) -> dict[str, Any]:
         return {"feature_config": self.store.feature_config.to_dict(), "normalization": self.norm.to_dict(),
                 "vocabulary": self.store.vocabulary,
-                "extra": {"arch": self.request.arch, "feature_fingerprint": self.store.fingerprint,
+                "extra": {"arch": self.arch, "feature_fingerprint": self.store.fingerprint,
                           **self.request.extra}}
 
     def save_model(self, path: Path, model: nn.Module | None = None) -> None:
@@ -378,6 +393,7 @@ class Trainer:
         logger = RunLogger(self.out) if self.dist.is_main else None
         same_split = cfg["data"]["val"] == cfg["data"]["test"]
         wa_start, wa_end = self.wa_range()
+        test_metrics = None  # stays None when a resumed run had already finished its last epoch
         while self.epoch < self.epochs:
             row = {"epoch": self.epoch + 1, **self.train_epoch(position)}
             position = 0
@@ -409,9 +425,10 @@ class Trainer:
             return 1, 0
         return int(average["wa_start_epoch"]), int(average["wa_end_epoch"])
 
-    def finish(self, logger: RunLogger | None, last_metrics: dict[str, Any]) -> dict[str, Any]:
-        cfg = self.config
-        results: dict[str, Any] = {"arch": self.request.arch, "metric": self.metric, "epochs": self.epochs,
+    def finish(self, logger: RunLogger | None, last_metrics: dict[str, Any] | None) -> dict[str, Any]:
+        if last_metrics is None:
+            last_metrics = self.evaluate(self.test_rows)[0]
+        results: dict[str, Any] = {"arch": self.arch, "metric": self.metric, "epochs": self.epochs,
                                    "multilabel": self.store.multilabel, "n_test": int(len(self.test_rows)),
                                    "last": last_metrics, "best": {"epoch": self.best["epoch"],
                                                                   **self.best.get("test", {})}}
@@ -431,13 +448,13 @@ class Trainer:
         if self.ensemble.count:
             results["ensemble"] = summarize(self.ensemble.mean(), self.store.targets[self.test_rows],
                                             self.store.multilabel)
+        results["final"] = export  # every rank returns it (the CLI prints it under torchrun too)
         if self.dist.is_main:
             source = self.out / "wa.pt" if export == "wa" else None
             if source is None:
                 self.save_model(self.out / "final.pt")
             else:
                 os.replace(_copy(source, self.out / ".final.pt.tmp"), self.out / "final.pt")
-            results["final"] = export
             results["run"] = {"name": self.out.name, "group": self.out.parent.name,
                               "role": "student" if self.teacher_test_scores is not None else "baseline"}
             predictions = {"rows": self.test_rows, "clip_ids": self.store.clip_ids[self.test_rows],
