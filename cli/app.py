@@ -275,10 +275,11 @@ def plan_cmd(out: Annotated[Path, typer.Option(help="Make include file to write"
 
 def _register_stage_commands() -> None:
     """Commands whose argument parsing lives beside their stage's CLI module."""
-    from cli import logits, report
+    from cli import logits, report, sweep
 
     logits.register(app)
     report.register(app)
+    sweep.register(app)
 
 
 _register_stage_commands()
