@@ -1,0 +1,136 @@
+"""The README's FSD50K path on a tiny fake FSD50K tree in the published layout:
+
+    cmkd-pipe run --dataset fsd50k --data-root ... --run-dir RUN --until main/logits-ast --set ...
+        (manifest → features → AST teacher → its logit store: the stages `make teacher-logits` runs
+        for the AST, without the Make layer and the CNN teacher, which would triple the run time)
+    cmkd-pipe train-student --features RUN/features/features.zarr --logits RUN/main/logits-ast/logits.zarr
+        --model cnn --preset fsd50k --set ...
+
+16 multi-label clips (8 train, 4 val, 4 eval; 4 classes), the fsd50k profile's real front-end
+(128 bins x 1024 frames) and the fsd50k preset shrunk through --set: one epoch, batch 4,
+EfficientNet-B0, a one-block AST with stride 16, no downloads. The Dask stages share this module's
+LocalCluster (--scheduler), so worker start-up is paid once.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from cli.app import app
+from pipeline.stores.feature_store import FeatureStore
+from pipeline.stores.logits_store import LogitsStore
+
+VOCABULARY = [("Bark", "/m/05tny_"), ("Meow", "/m/07qrkrw"), ("Crash", "/m/0_ksk"), ("Drip", "/m/07pqc89")]
+TONES = (300.0, 900.0, 2500.0, 6000.0)  # one tone per class; a clip sums the tones of its labels
+TINY = ["train.epochs=1", "average.wa_start_epoch=null", "average.wa_end_epoch=null", "average.ensemble=false",
+        "data.batch_size=4", "schedule.warmup_steps=1", "train.amp=false", "train.channels_last=false",
+        "model.cnn.variant=efficientnet_b0", "model.cnn.pretrained=null", "model.ast.size=custom",
+        "model.ast.embed_dim=16", "model.ast.depth=1", "model.ast.num_heads=2", "model.ast.fstride=16",
+        "model.ast.tstride=16", "model.ast.pretrained=null"]
+
+
+def clip_classes(i: int) -> list[int]:
+    """Clip i holds class i mod 4, odd clips also class (i + 1) mod 4: every split holds every class."""
+    return [i % 4] + ([(i + 1) % 4] if i % 2 else [])
+
+
+def write_fsd50k(root: Path) -> None:
+    """FSD50K.ground_truth/{vocabulary (no header), dev, eval}.csv and FSD50K.{dev,eval}_audio/<fname>.wav,
+    labels and mids comma-joined (quoted) as Zenodo ships them; clips 0–7 train, 8–11 val, 12–15 eval."""
+    truth = root / "FSD50K.ground_truth"
+    truth.mkdir(parents=True)
+    with open(truth / "vocabulary.csv", "w", newline="") as f:
+        csv.writer(f).writerows((i, name, mid) for i, (name, mid) in enumerate(VOCABULARY))
+    dev, evaluation = [("fname", "labels", "mids", "split")], [("fname", "labels", "mids")]
+    t = np.arange(8000) / 16000
+    for i in range(16):
+        classes = clip_classes(i)
+        wave = sum(0.3 * np.sin(2 * np.pi * TONES[c] * t) for c in classes)
+        wave = wave + 0.02 * np.random.default_rng(i).standard_normal(len(t))
+        fname = str(64000 + i)
+        subset = "eval" if i >= 12 else "dev"
+        (root / f"FSD50K.{subset}_audio").mkdir(exist_ok=True)
+        sf.write(root / f"FSD50K.{subset}_audio" / f"{fname}.wav", wave.astype(np.float32), 16000, subtype="PCM_16")
+        row = (fname, ",".join(VOCABULARY[c][0] for c in classes), ",".join(VOCABULARY[c][1] for c in classes))
+        if subset == "dev":
+            dev.append((*row, "val" if i >= 8 else "train"))
+        else:
+            evaluation.append(row)
+    for name, rows in (("dev.csv", dev), ("eval.csv", evaluation)):
+        with open(truth / name, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> str:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory, scheduler) -> dict:
+    root = tmp_path_factory.mktemp("fsd50k")
+    write_fsd50k(root / "FSD50K")
+    run = root / "run"
+    result = CliRunner().invoke(app, ["run", "--dataset", "fsd50k", "--data-root", str(root / "FSD50K"), "--run-dir",
+                                      str(run), "--until", "main/logits-ast", "--scheduler", scheduler,
+                                      *[f"--set={s}" for s in TINY]])
+    assert result.exit_code == 0, result.output
+    return {"run": run, "output": result.stdout}
+
+
+def test_run_until_the_ast_logits_builds_the_fsd50k_stages(flow):
+    run = flow["run"]
+    done = sorted(str(p.parent.relative_to(run)) for p in run.rglob("stage.json"))
+    assert done == ["features", "main/logits-ast", "main/train-ast", "manifest"]
+    assert "✓ main/logits-ast" in flow["output"]
+
+    features = FeatureStore(run / "features" / "features.zarr")
+    assert (features.feature_config.num_mel_bins, features.feature_config.target_frames) == (128, 1024)
+    assert features.multilabel and features.ok.all()
+    assert [v["id"] for v in features.vocabulary] == [mid for _, mid in VOCABULARY]
+    assert [v["name"] for v in features.vocabulary] == [name for name, _ in VOCABULARY]
+    assert {s: int((features.splits == s).sum()) for s in ("train", "val", "eval")} == {"train": 8, "val": 4,
+                                                                                       "eval": 4}
+    assert features.clip_ids[0] == "dev/64000" and features.clip_ids[-1] == "eval/64015"
+    expected = np.zeros((16, 4), dtype=np.uint8)
+    for i in range(16):
+        expected[i, clip_classes(i)] = 1
+    np.testing.assert_array_equal(features.targets, expected)
+
+    logits = LogitsStore(run / "main" / "logits-ast" / "logits.zarr")
+    logits.check_matches(features)
+    assert logits.logits.shape == (16, 1, 4) and logits.attrs["multilabel"] is True
+    assert logits.attrs["teacher"]["arch"] == "ast"
+    assert logits.attrs["teacher"]["checkpoint"] == str((run / "main" / "train-ast" / "final.pt").resolve())
+    assert logits.attrs["teacher"]["normalization"]["mean"] == -4.6476  # the preset's published FSD50K stats
+    assert np.isfinite(np.asarray(logits.logits[:])).all()
+    trained = json.loads((run / "main" / "train-ast" / "results.json").read_text())
+    assert trained["metric"] == "mAP" and trained["multilabel"] is True
+
+
+def test_cnn_student_from_the_ast_logits_reports_map(flow):
+    run = flow["run"]
+    out = run / "main" / "kd-cnn"
+    result = CliRunner().invoke(app, ["train-student", "--features", str(run / "features" / "features.zarr"),
+                                      "--logits", str(run / "main" / "logits-ast" / "logits.zarr"), "--model", "cnn",
+                                      "--preset", "fsd50k", "--out", str(out), *[f"--set={s}" for s in TINY]])
+    assert result.exit_code == 0, result.output
+    assert f"cnn on {run / 'features' / 'features.zarr'}: test mAP last " in result.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["metric"] == "mAP" and results["multilabel"] is True and results["n_test"] == 4
+    assert 0.0 <= results["last"]["mAP"] <= 1.0 and results["last"]["n_classes_without_positives"] == 0
+    assert results["teacher"]["arch"] == "ast" and results["run"]["role"] == "student"
+    predictions = np.load(out / "test_predictions.npz")
+    assert predictions["scores"].shape == predictions["teacher_scores"].shape == (4, 4)
+    assert list(predictions["clip_ids"]) == [f"eval/{64000 + i}" for i in range(12, 16)]
