@@ -24,8 +24,14 @@ class StageTasksFailed(RuntimeError):
     def __init__(self, what: str, failures: list[TaskFailure]) -> None:
         self.failures = failures
         first = failures[0].error.strip().splitlines()[-1] if failures[0].error.strip() else "unknown error"
-        super().__init__(f"{what}: {len(failures)} task(s) failed (first: {failures[0].item}: {first}); "
-                         "fix the cause and rerun the same command: finished chunks are kept")
+        super().__init__(f"{what}: {len(failures)} task(s) failed (first: {_describe(failures[0].item)}: "
+                         f"{first}); fix the cause and rerun the same command: finished chunks are kept")
+
+
+def _describe(item: Any) -> str:
+    """A short name for a task in messages: `chunk N` for chunk tasks (their repr lists every clip)."""
+    index = getattr(item, "index", None)
+    return f"chunk {index}" if isinstance(index, int) else repr(item)[:200]
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ import datetime as dt
 import json
 import os
 import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,12 @@ def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
 
 def write_record(stage_dir: str | os.PathLike, *, stage: str, config: dict[str, Any], inputs: dict[str, str],
                  outputs: list[str], started: float, finished: float, extra: dict[str, Any] | None = None) -> dict:
-    """Write `stage.json` (atomically) and clear any earlier failure note."""
+    """Write `stage.json` (atomically) and clear any earlier failure note. `run_id` is new on every
+    run, so dependents can tell a rerun from the result they were built on."""
     record = {
         "stage": stage,
         "fingerprint": stage_fingerprint(stage, config, inputs),
+        "run_id": uuid.uuid4().hex[:12],
         "config": config,
         "inputs": inputs,
         "outputs": outputs,

@@ -21,7 +21,7 @@ from pipeline.config import FeatureConfig
 from pipeline.features import clip_features
 from pipeline.parallel import run_tasks
 from pipeline.stores import feature_store as fs
-from pipeline.stores.chunks import StoreError, chunk_range, pending_chunks
+from pipeline.stores.chunks import StoreError, chunk_range, pending_chunks, write_errors_as_store_errors
 
 
 class TooManyBadClips(RuntimeError):
@@ -64,8 +64,9 @@ def run_features(manifest_dir: str | os.PathLike, out: str | os.PathLike, *, con
               progress=progress)
     bad = fs.bad_clip_table(group).merge(manifest.clips[["clip_id", "path"]], on="clip_id", how="left")
     bad = bad[["clip_id", "path", "reason"]]
-    bad.to_csv(_tmp(bad_clips_path(out)), index=False)
-    os.replace(_tmp(bad_clips_path(out)), bad_clips_path(out))
+    with write_errors_as_store_errors(bad_clips_path(out)):
+        bad.to_csv(_tmp(bad_clips_path(out)), index=False)
+        os.replace(_tmp(bad_clips_path(out)), bad_clips_path(out))
     fraction = len(bad) / len(manifest)
     summary = {"store": str(out), "clips": len(manifest), "chunks": group.attrs["n_chunks"],
                "chunks_run": len(todo), "bad": len(bad), "bad_fraction": fraction}
@@ -73,7 +74,8 @@ def run_features(manifest_dir: str | os.PathLike, out: str | os.PathLike, *, con
         raise TooManyBadClips(
             f"{len(bad)} of {len(manifest)} clips ({fraction:.1%}) could not be used, more than the allowed "
             f"{max_bad_fraction:.1%}; see {bad_clips_path(out)}, fix or drop them, or raise --max-bad-fraction")
-    summary.update(fs.finalize(group))
+    with write_errors_as_store_errors(out):
+        summary.update(fs.finalize(group))
     return summary
 
 

@@ -6,10 +6,11 @@ Layout under RUN_DIR (one folder per stage, each with config.json, log.txt, and 
 A group is one cross-validation fold (`fold-K`) or `main` for a fixed train/test split.
 
 A stage is *done* when stage.json exists and its fingerprint equals the hash of the stage's resolved
-config and its inputs' fingerprints; *stale* when the record exists but differs (config or an input
-changed); *failed* when failed.json is newer than any record. Every stage runs as a `cmkd-pipe`
-subprocess (under torchrun for training when nproc > 1) with its output in log.txt, so a failure is
-contained and the stage resumes from its own state on the next run.
+config and its inputs' identities (each input's fingerprint and the id of the run that made it, so a
+rerun of an input reruns its dependents, as Make does); *stale* when the record exists but differs
+(config or an input changed); *failed* when failed.json is newer than any record. Every stage runs as
+a `cmkd-pipe` subprocess (under torchrun for training when nproc > 1) with its output in log.txt, so a
+failure is contained and the stage resumes from its own state on the next run.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def plan(options: RunOptions) -> list[Stage]:
         settings = [*options.overrides, *data_overrides]
         for fam in FAMILIES:
             name = f"{group}/train-{fam}"
-            stages.append(Stage(name, "train", ["features"], _train_config(profile, fam, settings),
+            stages.append(Stage(name, "train", ["features"], _train_config(profile, fam, settings, kd=False),
                                 _train_argv("train", fam, features_store, run / name, profile.preset, settings,
                                             options), [f"{name}/final.pt"], distributed=True))
             logits = f"{group}/logits-{fam}"
@@ -106,7 +107,7 @@ def plan(options: RunOptions) -> list[Stage]:
                 argv = _train_argv("train-student", student, features_store, run / name, profile.preset, settings,
                                    options) + ["--logits", str(run / group / f"logits-{teacher}" / "logits.zarr")]
                 stages.append(Stage(name, "train-student", ["features", f"{group}/logits-{teacher}"],
-                                    _train_config(profile, student, settings), argv, [f"{name}/final.pt"],
+                                    _train_config(profile, student, settings, kd=True), argv, [f"{name}/final.pt"],
                                     distributed=True))
     trained = [s.name for s in stages if s.kind in ("train", "train-student")]
     stages.append(Stage("report", "report", trained, {}, ["report", str(run), "--out", str(run / "report")],
@@ -119,10 +120,15 @@ def _family_value(value: Any) -> Any:
     return value["ast"] if isinstance(value, dict) else value
 
 
-def _train_config(profile: DatasetProfile, fam: str, settings: list[str]) -> dict[str, Any]:
+def _train_config(profile: DatasetProfile, fam: str, settings: list[str], kd: bool) -> dict[str, Any]:
+    """A training stage's identity; without `kd` for a teacher, which never reads it (a KD setting
+    must not retrain the teachers)."""
     from pipeline.training.presets import select_arch
 
-    return {"arch": fam, "config": select_arch(resolve_config(profile.preset, settings), fam)}
+    config = select_arch(resolve_config(profile.preset, settings), fam)
+    if not kd:
+        del config["kd"]
+    return {"arch": fam, "config": config}
 
 
 def _train_argv(command: str, fam: str, features: str, out: Path, preset: str, settings: list[str],
@@ -147,11 +153,12 @@ def _device_args(options: RunOptions) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ state
 def input_fingerprints(stage: Stage, run_dir: Path) -> dict[str, str]:
-    """Fingerprints of the records a stage depends on ('missing' where a dependency has none)."""
+    """Identity of each result a stage depends on: its record's fingerprint and run id ('missing' where a
+    dependency has no record), so a dependency that ran again makes this stage stale."""
     out = {}
     for dep in stage.deps:
         record = read_record(run_dir / dep)
-        out[dep] = record["fingerprint"] if record else "missing"
+        out[dep] = f"{record['fingerprint']}@{record.get('run_id', '')}" if record else "missing"
     return out
 
 
@@ -273,7 +280,7 @@ def run(options: RunOptions, until: str | None = None, only: str | None = None,
     for stage in select(stages, until, only):
         status, _ = state(stage, run_dir)
         if status == "done":
-            _touch(run_dir / stage.name / "stage.json")
+            _touch(run_dir / stage.name / "stage.json", [run_dir / dep / "stage.json" for dep in stage.deps])
             continue
         echo(f"▶ {stage.name} ({status})")
         record = run_stage(stage, run_dir, options)
@@ -282,17 +289,24 @@ def run(options: RunOptions, until: str | None = None, only: str | None = None,
     return ran
 
 
-def _touch(path: Path) -> None:
-    """Keep a done record newer than its config file, so Make agrees it is up to date."""
-    config = path.with_name("config.json")
-    if config.exists() and path.stat().st_mtime < config.stat().st_mtime:
+def _touch(path: Path, inputs: list[Path]) -> None:
+    """Keep a done record newer than its config file and its inputs' records, so Make agrees it is up
+    to date (a record can look older after a copy, a manual touch or clock skew on a shared disk)."""
+    others = [other.stat().st_mtime for other in [path.with_name("config.json"), *inputs] if other.exists()]
+    if others and path.stat().st_mtime < max(others):
         os.utime(path)
 
 
 def status_rows(options: RunOptions) -> list[dict[str, str]]:
-    rows = []
+    """One row per stage; a done stage whose input is stale shows as stale too (it reruns after it)."""
+    rows: list[dict[str, str]] = []
+    statuses: dict[str, str] = {}
     for stage in plan(options):
         status, detail = state(stage, options.run_dir)
+        waiting = [dep for dep in stage.deps if statuses[dep] == "stale"]
+        if status == "done" and waiting:
+            status, detail = "stale", f"input is stale: {', '.join(waiting)}"
+        statuses[stage.name] = status
         rows.append({"stage": stage.name, "status": status, "detail": detail,
                      "progress": _chunk_progress(stage, options.run_dir)})
     return rows

@@ -6,10 +6,11 @@ mistaken for one; `complete: true` is set only when every chunk is done.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +32,38 @@ def chunk_range(index: int, chunk_items: int, n_items: int) -> tuple[int, int]:
     return start, min(start + chunk_items, n_items)
 
 
+@contextlib.contextmanager
+def write_errors_as_store_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a failed write (disk full, no permission, read-only file system) into a one-line StoreError."""
+    try:
+        yield
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        where = f" ({error.filename})" if error.filename else ""
+        raise StoreError(f"{path}: cannot write: {reason}{where}; free some space or fix the permissions, "
+                         "then rerun the same command (finished chunks are kept)") from error
+
+
 def create_store(path: str | os.PathLike, build: Callable[[zarr.Group], None], attrs: dict[str, Any],
                  n_chunk: int) -> zarr.Group:
     """Create a store atomically: `build` adds the data arrays in a temp folder, then it is renamed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    group = zarr.open_group(store=str(tmp), mode="w")
-    build(group)
-    group.create_array("chunk_done", shape=(n_chunk,), chunks=(1,), dtype="uint8", fill_value=0)
-    group.attrs.update({**attrs, "n_chunks": n_chunk, "complete": False})
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        with write_errors_as_store_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+            group = zarr.open_group(store=str(tmp), mode="w")
+            build(group)
+            group.create_array("chunk_done", shape=(n_chunk,), chunks=(1,), dtype="uint8", fill_value=0)
+            group.attrs.update({**attrs, "n_chunks": n_chunk, "complete": False})
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return zarr.open_group(store=str(path), mode="r+")
 
 
