@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,8 @@ from pipeline.config import FeatureConfig
 from pipeline.stores.chunks import StoreError, pending_chunks, read_strings
 from pipeline.stores.feature_store import SCHEMA, FeatureStore, create_feature_store
 from stages.features import TooManyBadClips, bad_clips_path, run_features
+
+from faults import cli, live_members
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = FeatureConfig(target_frames=100)  # 1 s at a 10 ms shift: the tiny clips are both padded and trimmed
@@ -222,28 +223,11 @@ def test_bad_clips_are_reported_and_gate_completion(tmp_path, corpus_writer, tin
 
 # ---------------------------------------------------------------- resume after SIGKILL
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.app", *args]
-
-
 def _chunk_done(store: Path) -> np.ndarray | None:
     """The store's done markers, or None while it does not exist yet."""
     if not (store / "zarr.json").is_file():
         return None
     return zarr.open_group(store=str(store), mode="r")["chunk_done"][:]
-
-
-def _live_members(pgid: int) -> list[int]:
-    """Pids of the processes of a process group that are not zombies (Linux /proc)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(stat.parent.name))
-    return pids
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to watch the process group")
@@ -253,7 +237,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, corpus_writ
              for i in range(60)]
     manifest_dir = corpus_writer(tmp_path / "corpus", clips)
     store = tmp_path / "killed.zarr"
-    command = _cli("features", "--manifest", str(manifest_dir), "--out", str(store), "--target-frames", "100",
+    command = cli("features", "--manifest", str(manifest_dir), "--out", str(store), "--target-frames", "100",
                    "--workers", "1", "--chunk-clips", "2")
     with open(tmp_path / "first.log", "wb") as log:
         first = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -271,8 +255,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, corpus_writ
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     deadline = time.monotonic() + 30
-    while _live_members(first.pid):  # the Dask nanny and worker die with the group
-        assert time.monotonic() < deadline, f"processes survived SIGKILL: {_live_members(first.pid)}"
+    while live_members(first.pid):  # the Dask nanny and worker die with the group
+        assert time.monotonic() < deadline, f"processes survived SIGKILL: {live_members(first.pid)}"
         time.sleep(0.05)
 
     group = zarr.open_group(store=str(store), mode="r")
@@ -298,14 +282,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, corpus_writ
 # ---------------------------------------------------------------- CLI
 
 def test_cli_help():
-    result = subprocess.run(_cli("features", "--help"), cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(cli("features", "--help"), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert all(option in result.stdout for option in ["--manifest", "--out", "--chunk-clips", "--workers"])
 
 
 def test_cli_bad_manifest_path_is_one_line_and_exit_1(tmp_path):
     absent = tmp_path / "no-such-manifest"
-    result = subprocess.run(_cli("features", "--manifest", str(absent), "--out", str(tmp_path / "f.zarr")),
+    result = subprocess.run(cli("features", "--manifest", str(absent), "--out", str(tmp_path / "f.zarr")),
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -40,6 +39,8 @@ from pipeline.training.batches import ChunkCache
 from pipeline.views import ViewBuilder
 from stages.features import run_features
 from stages.teacher_logits import inspect_logits, run_teacher_logits
+
+from faults import cli, live_members
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = FeatureConfig(num_mel_bins=32, target_frames=64)
@@ -264,23 +265,6 @@ def test_other_provenance_needs_overwrite(main, tmp_path, scheduler):
     assert np.abs(reseeded.logits[:, 1:] - main["logits"][:, 1:]).max() > 1e-2  # other augmented views
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.app", *args]
-
-
-def _live_members(pgid: int) -> list[int]:
-    """Pids of the processes of a process group that are not zombies (Linux /proc)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(stat.parent.name))
-    return pids
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to watch the process group")
 def test_killed_run_resumes_to_the_same_logits(main, tmp_path, scheduler):
     """SIGKILL the CLI (and its Dask cluster) after its first chunk, resume, compare bitwise with an
@@ -288,7 +272,7 @@ def test_killed_run_resumes_to_the_same_logits(main, tmp_path, scheduler):
     store = tmp_path / "killed.zarr"
     options = ["--views", "3", "--view-seed", "0", "--freq-mask", "8", "--time-mask", "16", "--mixup-rate", "0.6",
                "--chunk-clips", "1", "--batch-size", "5"]
-    command = _cli("teacher-logits", "--features", str(main["features"]), "--checkpoint",
+    command = cli("teacher-logits", "--features", str(main["features"]), "--checkpoint",
                            str(main["checkpoint"]), "--out", str(store), "--workers", "1", "--device", "cpu",
                            *options)
     markers = store / "chunk_done" / "c"  # a done marker is a chunk file (0, the fill value, is not stored)
@@ -305,8 +289,8 @@ def test_killed_run_resumes_to_the_same_logits(main, tmp_path, scheduler):
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     deadline = time.monotonic() + 30
-    while _live_members(first.pid):  # the Dask nanny and worker die with the group
-        assert time.monotonic() < deadline, f"processes survived SIGKILL: {_live_members(first.pid)}"
+    while live_members(first.pid):  # the Dask nanny and worker die with the group
+        assert time.monotonic() < deadline, f"processes survived SIGKILL: {live_members(first.pid)}"
         time.sleep(0.05)
 
     group = zarr.open_group(store=str(store), mode="r")
