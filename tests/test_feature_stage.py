@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ from pipeline.stores.chunks import StoreError, pending_chunks, read_strings
 from pipeline.stores.feature_store import SCHEMA, FeatureStore, create_feature_store
 from stages.features import TooManyBadClips, bad_clips_path, run_features
 
-from faults import cli, live_members
+from faults import cli, kill_group
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = FeatureConfig(target_frames=100)  # 1 s at a 10 ms shift: the tiny clips are both padded and trimmed
@@ -252,12 +250,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, corpus_writ
                 break
             time.sleep(0.05)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    deadline = time.monotonic() + 30
-    while live_members(first.pid):  # the Dask nanny and worker die with the group
-        assert time.monotonic() < deadline, f"processes survived SIGKILL: {live_members(first.pid)}"
-        time.sleep(0.05)
+        kill_group(first)  # the Dask nanny and worker die with the group
 
     group = zarr.open_group(store=str(store), mode="r")
     pending = len(pending_chunks(group))

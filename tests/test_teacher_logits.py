@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -40,7 +38,7 @@ from pipeline.views import ViewBuilder
 from stages.features import run_features
 from stages.teacher_logits import inspect_logits, run_teacher_logits
 
-from faults import cli, live_members
+from faults import cli, kill_group
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = FeatureConfig(num_mel_bins=32, target_frames=64)
@@ -286,12 +284,7 @@ def test_killed_run_resumes_to_the_same_logits(main, tmp_path, scheduler):
             assert time.monotonic() < deadline, "no chunk finished in time"
             time.sleep(0.002)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    deadline = time.monotonic() + 30
-    while live_members(first.pid):  # the Dask nanny and worker die with the group
-        assert time.monotonic() < deadline, f"processes survived SIGKILL: {live_members(first.pid)}"
-        time.sleep(0.05)
+        kill_group(first)  # the Dask nanny and worker die with the group
 
     group = zarr.open_group(store=str(store), mode="r")
     pending = len(pending_chunks(group))

@@ -472,9 +472,6 @@ class Trainer:
         barrier(self.dist)
         return results
 
-    def __len__(self) -> int:  # for tests/inspection: training steps per epoch
-        return self.steps_per_epoch
-
 
 def run_training(request: TrainRequest) -> dict[str, Any]:
     """Train one model (single process or one torchrun rank) and return its results."""
