@@ -4,6 +4,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +67,9 @@ PUBLISHED_STATS: dict[str, tuple[float, float]] = {
 
 
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `config` with dotted `key.sub=value` overrides applied (values parsed as YAML)."""
+    """Return a copy of `config` with dotted `key.sub=value` overrides applied (values parsed as YAML).
+    Missing keys are created (e.g. `model.crnn.hidden=32` adds a family); the caller's schema check
+    then rejects the unknown ones."""
     result = copy.deepcopy(config)
     for item in overrides:
         if "=" not in item:
@@ -73,14 +77,59 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         node = result
-        for part in parts[:-1]:
-            if part not in node or not isinstance(node[part], dict):
-                raise ValueError(f"override {item!r}: no section {part!r} in the config")
-            node = node[part]
-        if parts[-1] not in node:
-            raise ValueError(f"override {item!r}: unknown key {key!r}; known here: {sorted(node)}")
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
         node[parts[-1]] = _parse_value(raw)
     return result
+
+
+def check_fields(schema: type, data: dict[str, Any], where: str, prefix: str = "") -> None:
+    """Raise one-line ValueErrors for keys of `data` that are not fields of the dataclass `schema`
+    ("unknown key PREFIX.KEY; known keys in PREFIX: a, b") and for values of the wrong type."""
+    hints = typing.get_type_hints(schema)
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key, value in data.items():
+        if key not in hints:
+            scope = f" in {prefix.rstrip('.')}" if prefix else ""
+            raise ValueError(f"{where}: unknown key {prefix}{key}; known keys{scope}: {', '.join(known)}")
+        check_type(value, hints[key], where, f"{prefix}{key}")
+
+
+def check_type(value: Any, hint: Any, where: str, name: str) -> None:
+    """Raise ValueError when `value` does not fit the type annotation `hint` (int, float, str, bool,
+    list[...], X | None; an int is a float)."""
+    if not _fits(value, hint):
+        wanted = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        hint_text = "; YAML reads 1e-5 as text, write 1.0e-5" if isinstance(value, str) and _fits(0.0, hint) else ""
+        raise ValueError(f"{where}: {name} = {value!r} has the wrong type, expected {wanted}{hint_text}")
+
+
+def typed_from_dict(schema: type, data: dict[str, Any], where: str, prefix: str = "") -> Any:
+    """The dataclass `schema` built from `data` after check_fields (ints given for float fields become floats)."""
+    check_fields(schema, data, where, prefix)
+    hints = typing.get_type_hints(schema)
+    values = {k: float(v) if hints[k] is float and isinstance(v, int) else v for k, v in data.items()}
+    return schema(**values)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
 
 
 def _parse_value(raw: str) -> Any:
