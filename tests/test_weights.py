@@ -300,7 +300,7 @@ def test_native_checkpoint_and_cross_family_refusal(tmp_path):
     cnn = build_model({"arch": "timm:resnet18"}, 3, 64, 64)
     torch.save({"format": "cmkd-pipe/checkpoint/1", "state_dict": cnn.state_dict()}, tmp_path / "ours.pt")
     assert load_weights(build_model({"arch": "timm:resnet18"}, 3, 64, 64), tmp_path / "ours.pt") == "native-cnn"
-    with pytest.raises(WeightsError, match="native-cnn weights do not fit an AST model"):
+    with pytest.raises(WeightsError, match="native-cnn weights do not fit model family 'AST'"):
         load_weights(build_model(TINY_AST, 3, 128, 128), tmp_path / "ours.pt")
 
 

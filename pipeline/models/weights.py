@@ -21,7 +21,10 @@ except `load_imagenet_from_hub`, which the CLI calls only when the user asks for
                 attention head imports into `pooling: attention` with the same head count (its
                 classification branch then yields logits instead of PSLA's sigmoid scores, so treat
                 it as an initialisation); PSLA's mean-pooling head does not map: pass --new-head.
-  native        our own checkpoint or state dict.
+  native-ast, native-cnn  our own checkpoint or state dict of that family.
+  native        our own checkpoint of any family: keys exactly the model's (a family's last resort).
+Which formats fit a model is declared by its family (pipeline.models.registry, `weight_formats`);
+converters and hub sources here are keyed by format, never by family.
 Loading is strict: every missing, unexpected or mis-shaped key is reported in one error. Formats that
 carry a classifier must match the model's class count unless `new_head=True` (CLI `--new-head`),
 which starts a freshly initialised head; ImageNet formats always start a fresh head.
@@ -41,10 +44,9 @@ from pipeline.models.ast import AST, IMAGENET_SOURCES, N_TOKENS
 from pipeline.models.cnn import CNNClassifier
 from pipeline.models.factory import build_model
 from pipeline.models.posembed import adapt_pos_embed
+from pipeline.models.registry import family_of_model
 
 StateDict = dict[str, Tensor]
-AST_FORMATS = ("timm-vit", "ast-official", "ast-hf", "native-ast")
-CNN_FORMATS = ("timm-cnn", "psla", "native-cnn")
 HEAD_PREFIX = "head."
 _SHOWN = 10
 
@@ -319,31 +321,38 @@ def detect_format(sd: StateDict) -> str:
 
 
 def load_weights(model: nn.Module, path: str | Path, new_head: bool = False) -> str:
-    """Load weights from `path` into `model` (an AST or CNNClassifier) strictly; returns the format."""
+    """Load weights from `path` into `model` strictly, in a format its family declares; returns the format."""
     sd, hf_config = read_weights(path)
     fmt = detect_format(sd)
-    if isinstance(model, AST):
-        if fmt not in AST_FORMATS:
-            raise WeightsError(f"{path}: {fmt} weights do not fit an AST model")
-        ours, has_head = _to_ast(model, sd, fmt, hf_config, path)
-    elif isinstance(model, CNNClassifier):
-        if fmt not in CNN_FORMATS:
-            raise WeightsError(f"{path}: {fmt} weights do not fit a CNN model")
-        ours, has_head = _to_cnn(model, sd, fmt)
-    else:
-        raise WeightsError(f"load_weights: unsupported model type {type(model).__name__}")
+    family = family_of_model(model)
+    if fmt not in family.weight_formats:
+        if set(strip_prefix(sd, "module.")) != set(model.state_dict()):
+            raise WeightsError(f"{path}: {fmt} weights do not fit model family {family.display_name!r} "
+                               f"(it imports {', '.join([*family.weight_formats, 'native'])})")
+        fmt = "native"
+    ours, has_head = _CONVERTERS.get(fmt, _native)(model, sd, hf_config, path)
     load_strict(model, ours, source=f"{path} ({fmt})", new_head=new_head or not has_head)
     return fmt
 
 
-def _to_ast(model: AST, sd: StateDict, fmt: str, hf_config: dict | None, path: Path) -> tuple[StateDict, bool]:
-    if fmt == "timm-vit":
-        return timm_vit_to_ast(sd, model.grid), False
-    if fmt == "ast-official":
-        return fit_pos_embed(official_ast_to_ours(sd), model.grid), True
-    if fmt == "ast-hf":
-        return fit_pos_embed(hf_ast_to_ours(sd), model.grid, _hf_grid(hf_config, model, path)), True
+def _timm_vit(model: AST, sd: StateDict, hf_config: dict | None, path: Path) -> tuple[StateDict, bool]:
+    return timm_vit_to_ast(sd, model.grid), False
+
+
+def _ast_official(model: AST, sd: StateDict, hf_config: dict | None, path: Path) -> tuple[StateDict, bool]:
+    return fit_pos_embed(official_ast_to_ours(sd), model.grid), True
+
+
+def _ast_hf(model: AST, sd: StateDict, hf_config: dict | None, path: Path) -> tuple[StateDict, bool]:
+    return fit_pos_embed(hf_ast_to_ours(sd), model.grid, _hf_grid(hf_config, model, path)), True
+
+
+def _native_ast(model: AST, sd: StateDict, hf_config: dict | None, path: Path) -> tuple[StateDict, bool]:
     return fit_pos_embed(sd, model.grid), True
+
+
+def _native(model: nn.Module, sd: StateDict, hf_config: dict | None, path: Path) -> tuple[StateDict, bool]:
+    return strip_prefix(sd, "module."), True
 
 
 def _hf_grid(config: dict | None, model: AST, path: Path) -> tuple[int, int] | None:
@@ -359,22 +368,26 @@ def _hf_grid(config: dict | None, model: AST, path: Path) -> tuple[int, int] | N
     return (n_mels - patch) // fstride + 1, (n_frames - patch) // tstride + 1
 
 
-def _to_cnn(model: CNNClassifier, sd: StateDict, fmt: str) -> tuple[StateDict, bool]:
-    if fmt == "timm-cnn":
-        cfg = model.backbone.pretrained_cfg
-        return timm_cnn_to_ours(sd, cfg["first_conv"], cfg["classifier"]), False
-    if fmt == "psla":
-        if not model.backbone_name.startswith("tf_efficientnet_b"):
-            raise WeightsError(
-                f"PSLA weights need a tf_efficientnet_b* variant (TF 'same' padding, BN eps 1e-3), "
-                f"the model uses {model.backbone_name!r}"
-            )
-        stages = model.backbone.blocks  # timm EfficientNet: stages of blocks, in forward order
-        prefixes = [f"blocks.{s}.{i}" for s, stage in enumerate(stages) for i in range(len(stage))]
-        ours = psla_backbone_to_timm(sd, prefixes)
-        head = psla_head_to_ours(sd) if model.config["pooling"] == "attention" else {}
-        return {**ours, **head}, True  # a head that does not map is missing: --new-head required
-    return sd, True
+def _timm_cnn(model: CNNClassifier, sd: StateDict, hf_config: dict | None, path: Path) -> tuple[StateDict, bool]:
+    cfg = model.backbone.pretrained_cfg
+    return timm_cnn_to_ours(sd, cfg["first_conv"], cfg["classifier"]), False
+
+
+def _psla(model: CNNClassifier, sd: StateDict, hf_config: dict | None, path: Path) -> tuple[StateDict, bool]:
+    if not model.backbone_name.startswith("tf_efficientnet_b"):
+        raise WeightsError(
+            f"PSLA weights need a tf_efficientnet_b* variant (TF 'same' padding, BN eps 1e-3), "
+            f"the model uses {model.backbone_name!r}"
+        )
+    stages = model.backbone.blocks  # timm EfficientNet: stages of blocks, in forward order
+    prefixes = [f"blocks.{s}.{i}" for s, stage in enumerate(stages) for i in range(len(stage))]
+    ours = psla_backbone_to_timm(sd, prefixes)
+    head = psla_head_to_ours(sd) if model.config["pooling"] == "attention" else {}
+    return {**ours, **head}, True  # a head that does not map is missing: --new-head required
+
+
+_CONVERTERS = {"timm-vit": _timm_vit, "ast-official": _ast_official, "ast-hf": _ast_hf, "native-ast": _native_ast,
+               "timm-cnn": _timm_cnn, "psla": _psla, "native-cnn": _native}  # format -> (model, sd, hf, path)
 
 
 def load_strict(model: nn.Module, sd: StateDict, *, source: str, new_head: bool = False) -> None:
@@ -423,18 +436,25 @@ def adapt_ast_to_frames(model: AST, n_frames: int) -> AST:
 def load_imagenet_from_hub(model: nn.Module) -> str:
     """Download timm ImageNet weights for `model` (network!) and load them as the local importers do.
     The only function here that reaches the network; the CLI calls it for `--pretrained imagenet`."""
-    if isinstance(model, AST):
-        size = model.config["size"]
-        if size not in IMAGENET_SOURCES:
-            raise WeightsError(f"AST size {size!r} has no ImageNet weights; use tiny224/small224/base224/base384")
-        name = IMAGENET_SOURCES[size][0]
-        ours = timm_vit_to_ast(timm.create_model(name, pretrained=True).state_dict(), model.grid)
-    elif isinstance(model, CNNClassifier):
-        name = model.backbone_name
-        source = timm.create_model(name, pretrained=True)
-        cfg = source.pretrained_cfg
-        ours = timm_cnn_to_ours(source.state_dict(), cfg["first_conv"], cfg["classifier"])
-    else:
-        raise WeightsError(f"load_imagenet_from_hub: unsupported model type {type(model).__name__}")
+    family = family_of_model(model)
+    if family.imagenet_format not in _HUB_SOURCES:
+        raise WeightsError(f"load_imagenet_from_hub: the {family.display_name} family has no ImageNet weights")
+    name = _HUB_SOURCES[family.imagenet_format](model)
+    source = timm.create_model(name, pretrained=True)
+    ours, _ = _CONVERTERS[family.imagenet_format](model, source.state_dict(), None, Path(f"timm hub {name}"))
     load_strict(model, ours, source=f"timm hub {name}", new_head=True)
     return name
+
+
+def _deit_name(model: AST) -> str:
+    size = model.config["size"]
+    if size not in IMAGENET_SOURCES:
+        raise WeightsError(f"AST size {size!r} has no ImageNet weights; use tiny224/small224/base224/base384")
+    return IMAGENET_SOURCES[size][0]
+
+
+def _timm_cnn_name(model: CNNClassifier) -> str:
+    return model.backbone_name
+
+
+_HUB_SOURCES = {"timm-vit": _deit_name, "timm-cnn": _timm_cnn_name}  # format -> timm model name for `model`
