@@ -85,11 +85,12 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     return result
 
 
-def check_fields(schema: type, data: dict[str, Any], where: str, prefix: str = "") -> None:
-    """Raise one-line ValueErrors for keys of `data` that are not fields of the dataclass `schema`
+def check_fields(schema: type | tuple[type, ...], data: dict[str, Any], where: str, prefix: str = "") -> None:
+    """Raise one-line ValueErrors for keys of `data` that are not fields of the dataclass(es) `schema`
     ("unknown key PREFIX.KEY; known keys in PREFIX: a, b") and for values of the wrong type."""
-    hints = typing.get_type_hints(schema)
-    known = [f.name for f in dataclasses.fields(schema)]
+    schemas = schema if isinstance(schema, tuple) else (schema,)
+    hints = {k: v for one in schemas for k, v in typing.get_type_hints(one).items()}
+    known = [f.name for one in schemas for f in dataclasses.fields(one)]
     for key, value in data.items():
         if key not in hints:
             scope = f" in {prefix.rstrip('.')}" if prefix else ""

@@ -4,7 +4,7 @@ import torch
 import yaml
 
 from pipeline.config import PUBLISHED_STATS, dump_config
-from pipeline.training.presets import (SECTIONS, list_presets, load_preset, resolve_config, select_arch,
+from pipeline.training.presets import (SECTIONS, list_presets, load_preset, resolve_config, select_family,
                                        validate_config)
 from pipeline.training.schedule import build_scheduler
 
@@ -24,9 +24,9 @@ def test_the_shipped_presets():
 @pytest.mark.parametrize("name", PRESETS)
 @pytest.mark.parametrize("arch", ["cnn", "ast"])
 def test_every_preset_has_the_demo_schema_and_builds_a_schedule(name, arch):
-    config = select_arch(load_preset(name), arch)
+    config = select_family(load_preset(name), arch)
     assert tuple(config) == SECTIONS
-    demo = select_arch(load_preset("demo"), arch)
+    demo = select_family(load_preset("demo"), arch)
     not_model = lambda keys: {k for k in keys if not k.startswith("model.")}  # model options vary by arch
     assert not_model(dotted_keys(config)) == not_model(dotted_keys(demo))
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=config["optim"]["lr"])
@@ -37,7 +37,7 @@ def test_every_preset_has_the_demo_schema_and_builds_a_schedule(name, arch):
 
 def test_esc50_follows_the_ast_recipe():
     # YuanGongND/ast egs/esc50/run_esc.sh (lr 1e-4 without AudioSet pretraining, 1e-5 with it)
-    config = select_arch(load_preset("esc50"), "ast")
+    config = select_family(load_preset("esc50"), "ast")
     assert config["optim"]["lr"] == 1e-4
     assert config["data"]["batch_size"] == 48 and config["train"]["epochs"] == 25
     assert config["schedule"] == {"kind": "step", "warmup_steps": 0, "decay_start_epoch": 5,
@@ -55,7 +55,7 @@ def test_esc50_follows_the_ast_recipe():
 
 def test_audioset_full_follows_ast_and_psla():
     preset = load_preset("audioset-full")
-    ast, cnn = select_arch(preset, "ast"), select_arch(preset, "cnn")
+    ast, cnn = select_family(preset, "ast"), select_family(preset, "cnn")
     # YuanGongND/ast egs/audioset/run.sh (set=full)
     assert (ast["optim"]["lr"], ast["train"]["epochs"], ast["data"]["batch_size"]) == (1e-5, 5, 12)
     assert (ast["schedule"]["decay_start_epoch"], ast["schedule"]["decay_every_epochs"]) == (2, 1)
@@ -72,7 +72,7 @@ def test_audioset_balanced_and_fsd50k_follow_their_recipes():
     assert balanced["optim"]["lr"] == {"cnn": 1e-3, "ast": 5e-5}
     assert balanced["train"]["epochs"] == {"cnn": 60, "ast": 25}
     assert balanced["data"]["balanced"] is False
-    fsd = select_arch(load_preset("fsd50k"), "cnn")  # YuanGongND/psla egs/fsd50k/run.sh
+    fsd = select_family(load_preset("fsd50k"), "cnn")  # YuanGongND/psla egs/fsd50k/run.sh
     assert (fsd["optim"]["lr"], fsd["train"]["epochs"], fsd["data"]["batch_size"]) == (5e-4, 40, 24)
     assert (fsd["average"]["wa_start_epoch"], fsd["average"]["wa_end_epoch"]) == (21, 40)
     assert fsd["data"]["balanced"] is True and fsd["augment"]["mixup_rate"] == 0.5
@@ -94,16 +94,24 @@ def test_overrides_apply_per_arch_or_to_both():
     assert config["optim"]["lr"] == {"cnn": 1e-3, "ast": 1e-5}
     assert config["data"]["train"] == "fold!=2" and config["model"]["ast"]["pretrained"] == "audioset"
     both = resolve_config("audioset-full", ["train.epochs=3", "average.wa_start_epoch=2", "average.wa_end_epoch=3"])
-    assert select_arch(both, "cnn")["train"]["epochs"] == select_arch(both, "ast")["train"]["epochs"] == 3
+    assert select_family(both, "cnn")["train"]["epochs"] == select_family(both, "ast")["train"]["epochs"] == 3
     assert load_preset("esc50")["optim"]["lr"]["ast"] == 1e-4  # the preset itself is untouched
 
 
 @pytest.mark.parametrize("override, message", [
-    ("optim.lrr=1", "unknown key 'optim.lrr'"),
-    ("foo.bar=1", "no section 'foo'"),
+    ("optim.lrr=1", "unknown key optim.lrr; known keys in optim: name, lr, weight_decay, betas, grad_clip$"),
+    ("foo.bar=1", "unknown section foo"),
+    ("data.num_workers=4", "unknown key data.num_workers; known keys in data: train, val, test, balanced"),
+    ("model.cnn.varient=efficientnet_b0", "unknown key model.cnn.varient; known keys in model.cnn: arch, variant"),
+    ("model.cnn.arch=ast", "model.cnn.arch = 'ast' is not a cnn architecture"),
+    ("model.cnn.variant=efficientnet_b9", "model.cnn: model config: unknown cnn variant"),
+    ("model.vit.arch=vit", "unknown key model.vit; known keys in model .*: cnn, ast"),
+    ("optim.lr.vit=1", r"optim.lr has values for \['vit'\], which are not model families"),
+    ("data.batch_size.ast.x=1", "data.batch_size.ast is a value, not a section"),
     ("optim.lr", "expected KEY=VALUE"),
     ("schedule.kind=cosne", "schedule.kind"),
-    ("optim.lr.ast=fast", "optim.lr = 'fast' must be a positive number"),
+    ("optim.lr.ast=fast", "optim.lr.ast = 'fast' has the wrong type, expected float; YAML reads 1e-5 as text"),
+    ("train.amp=1", "train.amp = 1 has the wrong type, expected bool"),
     ("data.batch_size=0", "data.batch_size"),
     ("eval.metric=f1", "eval.metric"),
     ("norm.published_stats=imagenet", "norm.published_stats"),
@@ -120,13 +128,32 @@ def test_unknown_preset_lists_the_choices():
         load_preset("esc-50")
 
 
-def test_validate_config_names_missing_sections_and_arch():
+def test_missing_fields_take_the_schema_defaults_and_families_are_checked():
     config = load_preset("demo")
-    del config["kd"]
-    with pytest.raises(ValueError, match=r"missing \['kd'\]"):
-        validate_config(config)
-    with pytest.raises(ValueError, match="arch 'vit'"):
-        select_arch(load_preset("demo"), "vit")
+    del config["kd"], config["optim"]["grad_clip"]
+    completed = validate_config(config)
+    assert completed["kd"] == {"lam": 0.5, "tau": 1.0, "form": "softmax-kl", "tau2_scaling": False, "views": 1}
+    assert completed["optim"]["grad_clip"] is None and list(completed) == list(SECTIONS)
+    with pytest.raises(ValueError, match="unknown model family 'vit'; registered: cnn, ast"):
+        select_family(load_preset("demo"), "vit")
+    with pytest.raises(ValueError, match="declares no model family"):
+        validate_config({**load_preset("demo"), "model": {}})
+
+
+def test_per_family_keys_are_accepted_in_overrides():
+    config = resolve_config("esc50", ["model.cnn.arch=timm:resnet18", "model.ast.size=tiny224"])
+    assert config["model"]["cnn"]["arch"] == "timm:resnet18"
+    assert select_family(config, "ast")["model"]["size"] == "tiny224"
+
+
+def test_a_config_may_declare_any_subset_of_the_families():
+    config = resolve_config("smoke", ["model={cnn: {variant: efficientnet_b0}}", "optim.lr=1.0e-3"])
+    assert list(config["model"]) == ["cnn"]
+    with pytest.raises(ValueError, match="model family 'ast' is not in the config's model section"):
+        select_family(config, "ast")
+    with pytest.raises(ValueError, match=r"optim.lr has no value for model family 'ast'; add one with "
+                                         r"--set optim.lr.ast=VALUE"):
+        resolve_config("demo", ["optim.lr={cnn: 1.0e-3}"])
 
 
 def test_printed_config_round_trips():

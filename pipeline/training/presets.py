@@ -1,25 +1,32 @@
 """Training presets: one YAML file per recipe in presets/, loaded, overridden and checked here.
 
-A config is a nested dict with exactly the sections in SECTIONS. A value that differs between the two
-model families is written as a dict with exactly the keys `cnn` and `ast` (e.g. `optim.lr`, or
-`model` itself); `select_arch(config, arch)` replaces every such dict by its arch's value.
+A config is a nested dict with the sections and fields of pipeline.training.schema (missing fields
+take their defaults; unknown ones are refused in one line naming the key and the known ones). The
+`model` section is `{<family>: {...}}`: the model families (pipeline.models.registry) this config
+trains, in order. A value that differs between families is a dict keyed by those family names (e.g.
+`optim.lr: {cnn: .., ast: ..}`); `select_family(config, name)` replaces every such dict by the value
+of `name`. A family missing from a preset is added with overrides (`model.crnn.arch=crnn`, plus a
+value for every per-family dict, e.g. `optim.lr.crnn=1.0e-3`).
 Epochs count from 1 as in AST/PSLA: average.wa_start_epoch..wa_end_epoch is inclusive, and
 schedule.decay_start_epoch is the number of finished epochs after which the lr first drops.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.config import PUBLISHED_STATS, apply_overrides
+from pipeline.config import PUBLISHED_STATS, apply_overrides, check_fields, check_type, typed_from_dict
+from pipeline.models.registry import configured_families, family_names, get_family
+from pipeline.training import schema
 from pipeline.training.schedule import LrSchedule
 
 PRESET_DIR = Path(__file__).with_name("presets")
-SECTIONS = ("features", "data", "norm", "model", "optim", "schedule", "train", "augment", "average", "kd", "eval")
-ARCHS = ("cnn", "ast")
+SECTIONS = tuple(schema.SECTIONS)
 CHOICES = {
     ("norm", "source"): ("store", "published"),
     ("optim", "name"): ("adam", "adamw"),
@@ -35,53 +42,119 @@ def list_presets() -> list[str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """The preset `name` as a nested dict, checked with validate_config."""
+    """The preset `name` as a nested dict, checked and completed with validate_config."""
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown preset {name!r}; choose one of {list_presets()}")
-    config = yaml.safe_load(path.read_text())
-    validate_config(config, where=str(path))
-    return config
+    return validate_config(yaml.safe_load(path.read_text()), where=f"preset {name!r}")
 
 
 def resolve_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Preset `preset` with dotted `key=value` overrides applied (e.g. 'optim.lr.ast=1e-5'), checked."""
     config = apply_overrides(load_preset(preset), list(overrides))
-    validate_config(config, where=f"preset {preset!r} with overrides {list(overrides)}")
-    return config
+    where = f"preset {preset!r}" + (f" with --set {' '.join(overrides)}" if overrides else "")
+    return validate_config(config, where=where)
 
 
-def select_arch(config: dict[str, Any], arch: str) -> dict[str, Any]:
-    """Copy of `config` with every {cnn: ..., ast: ...} dict replaced by the value for `arch`."""
-    if arch not in ARCHS:
-        raise ValueError(f"arch {arch!r}: choose one of {list(ARCHS)}")
+def select_family(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """Copy of `config` for the model family `name`: `model` becomes its section and every per-family
+    dict its value."""
+    get_family(name)  # an unregistered name fails here, listing the registered ones
+    families = configured_families(config)
+    if name not in families:
+        raise ValueError(f"model family {name!r} is not in the config's model section ({', '.join(families)}); "
+                         f"add it with --set model.{name}.arch={name}")
+    out: dict[str, Any] = {}
+    for section, values in config.items():
+        if section == "model":
+            out[section] = copy.deepcopy(values[name])
+            continue
+        out[section] = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                if name not in value:
+                    raise ValueError(f"{section}.{key} has no value for model family {name!r}; "
+                                     f"add one with --set {section}.{key}.{name}=VALUE")
+                value = value[name]
+            out[section][key] = copy.deepcopy(value)
+    return out
 
-    def pick(node: Any) -> Any:
-        if isinstance(node, dict):
-            if set(node) == set(ARCHS):
-                return pick(node[arch])
-            return {key: pick(value) for key, value in node.items()}
-        return copy.deepcopy(node)
 
-    return pick(config)
-
-
-def validate_config(config: Any, where: str = "config") -> None:
-    """Raise ValueError naming `where` and the field when the config cannot drive a training run."""
+def validate_config(config: Any, where: str = "config") -> dict[str, Any]:
+    """The config checked against the schema and for every declared family, missing fields filled with
+    their defaults; ValueError naming `where` and the field otherwise."""
     if not isinstance(config, dict):
         raise ValueError(f"{where}: a training config must be a mapping of sections {list(SECTIONS)}")
-    missing, extra = set(SECTIONS) - set(config), set(config) - set(SECTIONS)
-    if missing or extra:
-        raise ValueError(f"{where}: sections must be exactly {list(SECTIONS)}; "
-                         f"missing {sorted(missing)}, unknown {sorted(extra)}")
-    for section in SECTIONS:
-        if not isinstance(config[section], dict):
+    for section, values in config.items():
+        if section not in schema.SECTIONS:
+            raise ValueError(f"{where}: unknown section {section}; known sections: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
             raise ValueError(f"{where}: section {section!r} must be a mapping")
-    for arch in ARCHS:
-        _validate_arch(select_arch(config, arch), f"{where} ({arch})")
+    families = list(config.get("model") or {})
+    if not families:
+        raise ValueError(f"{where}: the model section declares no model family; registered: "
+                         f"{', '.join(family_names())}")
+    complete = {}
+    for section, section_schema in schema.SECTIONS.items():
+        values = config.get(section, {})
+        if section_schema is None:
+            complete[section] = {name: _checked_model(name, values[name], where) for name in families}
+        else:
+            complete[section] = _checked_section(section, section_schema, values, families, where)
+    for name in families:
+        try:
+            selected = select_family(complete, name)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        _validate_family(selected, f"{where} ({name})")
+    return complete
 
 
-def _validate_arch(config: dict[str, Any], where: str) -> None:
+def _checked_model(name: str, options: Any, where: str) -> dict[str, Any]:
+    """A `model.<name>` section: the family's options plus pretrained, typed and checked."""
+    if name not in family_names():
+        raise ValueError(f"{where}: unknown key model.{name}; known keys in model (registered model families): "
+                         f"{', '.join(family_names())}")
+    family = get_family(name)
+    if not isinstance(options, dict):
+        raise ValueError(f"{where}: model.{name} must be a mapping of {family.display_name} options")
+    prefix = f"model.{name}."
+    check_fields((family.config, schema.ModelExtras), options, where, prefix)
+    arch = options.get("arch", name)
+    if not family.owns(arch):
+        raise ValueError(f"{where}: {prefix}arch = {arch!r} is not a {name} architecture "
+                         f"({name} owns {', '.join(family.archs)})")
+    model_options = {k: v for k, v in options.items() if k not in {f.name for f in dataclasses.fields(schema.ModelExtras)}}
+    try:
+        typed_from_dict(family.config, {**model_options, "arch": arch}, where, prefix)
+    except ValueError as error:
+        raise ValueError(f"{where}: {prefix.rstrip('.')}: {error}") from None
+    return copy.deepcopy(options)
+
+
+def _checked_section(section: str, section_schema: type, values: dict[str, Any], families: list[str],
+                     where: str) -> dict[str, Any]:
+    """A section's values typed and checked (per-family dicts value by value), defaults filled in."""
+    hints = typing.get_type_hints(section_schema)
+    for key, value in values.items():
+        if not isinstance(value, dict):
+            check_fields(section_schema, {key: value}, where, f"{section}.")
+            continue
+        check_fields(section_schema, {key: None} if key not in hints else {}, where, f"{section}.")
+        foreign = [name for name in value if name not in families]
+        if foreign:
+            raise ValueError(f"{where}: {section}.{key} has values for {foreign}, which are not model families "
+                             f"of this config's model section ({', '.join(families)})")
+        for name, one in value.items():
+            check_type(one, hints[key], where, f"{section}.{key}.{name}")
+    complete = {}
+    for spec in dataclasses.fields(section_schema):
+        default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+        complete[spec.name] = copy.deepcopy(values.get(spec.name, default))
+    return complete
+
+
+def _validate_family(config: dict[str, Any], where: str) -> None:
     for (section, key), allowed in CHOICES.items():
         value = config[section].get(key)
         if value not in allowed:
