@@ -91,7 +91,7 @@ def features(manifest_dir: Annotated[Path, typer.Option("--manifest", help="mani
 
 Preset = Annotated[str, typer.Option(help="training preset: demo, esc50, fsd50k, audioset-balanced, audioset-full")]
 Set = Annotated[list[str], typer.Option("--set", help="override a config value: KEY.SUB=VALUE (repeatable)")]
-Model = Annotated[str, typer.Option("--model", help="cnn | ast | timm:NAME (any timm CNN)")]
+Model = Annotated[str, typer.Option("--model", help="a model family (cnn | ast | a plugin's) or timm:NAME (any timm CNN)")]
 
 
 def _train_command(features: Path, model: str, out: Path, preset: str, overrides: list[str], resume: bool,
@@ -190,13 +190,13 @@ def print_config(preset: Preset = "demo", set_: Set = [],
                  model: Annotated[Optional[str], typer.Option(help="show the values for one model family")] = None) -> None:
     """Print a preset with overrides applied (the exact config a run records)."""
     from pipeline.config import dump_config
-    from pipeline.training.engine import family
-    from pipeline.training.presets import resolve_config, select_arch
+    from pipeline.models.registry import family_of_arch
+    from pipeline.training.presets import resolve_config, select_family
 
     try:
         config = resolve_config(preset, set_)
         if model:
-            config = select_arch(config, family(model))
+            config = select_family(config, family_of_arch(model).name)
     except ValueError as error:
         fail(error)
     typer.echo(dump_config(config), nl=False)

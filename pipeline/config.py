@@ -68,7 +68,7 @@ PUBLISHED_STATS: dict[str, tuple[float, float]] = {
 
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of `config` with dotted `key.sub=value` overrides applied (values parsed as YAML).
-    Missing keys are created (e.g. `model.crnn.hidden=32` adds a family); the caller's schema check
+    Missing keys are created (e.g. `model.NAME.arch=NAME` adds the model family NAME); the caller's schema check
     then rejects the unknown ones."""
     result = copy.deepcopy(config)
     for item in overrides:

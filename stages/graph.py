@@ -27,9 +27,8 @@ from typing import Any
 from pipeline.datasets import DatasetProfile, get_profile
 from pipeline.records import (read_failure, read_json, read_record, stage_fingerprint, write_failure,
                               write_json_atomic, write_record)
+from pipeline.models.registry import configured_families
 from pipeline.training.presets import resolve_config
-
-FAMILIES = ("cnn", "ast")
 
 
 @dataclass
@@ -88,7 +87,7 @@ def plan(options: RunOptions) -> list[Stage]:
              "time_mask": _family_value(aug["time_mask"]), "mixup_rate": _family_value(aug["mixup_rate"])}
     for group, data_overrides in groups(profile):
         settings = [*options.overrides, *data_overrides]
-        for fam in FAMILIES:
+        for fam in configured_families(preset):
             name = f"{group}/train-{fam}"
             stages.append(Stage(name, "train", ["features"], _train_config(profile, fam, settings, kd=False),
                                 _train_argv("train", fam, features_store, run / name, profile.preset, settings,
@@ -101,8 +100,8 @@ def plan(options: RunOptions) -> list[Stage]:
                                  "--time-mask", str(views["time_mask"]), "--mixup-rate", str(views["mixup_rate"]),
                                  *_dask_args(options), *_device_args(options)],
                                 [f"{logits}/logits.zarr"]))
-        for student in FAMILIES:
-            for teacher in FAMILIES:
+        for student in configured_families(preset):
+            for teacher in configured_families(preset):
                 name = f"{group}/student-{student}-from-{teacher}"
                 argv = _train_argv("train-student", student, features_store, run / name, profile.preset, settings,
                                    options) + ["--logits", str(run / group / f"logits-{teacher}" / "logits.zarr")]
@@ -123,9 +122,9 @@ def _family_value(value: Any) -> Any:
 def _train_config(profile: DatasetProfile, fam: str, settings: list[str], kd: bool) -> dict[str, Any]:
     """A training stage's identity; without `kd` for a teacher, which never reads it (a KD setting
     must not retrain the teachers)."""
-    from pipeline.training.presets import select_arch
+    from pipeline.training.presets import select_family
 
-    config = select_arch(resolve_config(profile.preset, settings), fam)
+    config = select_family(resolve_config(profile.preset, settings), fam)
     if not kd:
         del config["kd"]
     return {"arch": fam, "config": config}

@@ -22,8 +22,8 @@ import yaml
 from pipeline.config import dump_config
 from pipeline.records import write_json_atomic, write_text_atomic
 from pipeline.training.logs import load_metrics
-from pipeline.training.engine import family
-from pipeline.training.presets import resolve_config, select_arch
+from pipeline.models.registry import family_of_arch
+from pipeline.training.presets import resolve_config, select_family
 from stages.train import train
 
 
@@ -46,7 +46,7 @@ def run_kd_sweep(features: str | os.PathLike, logits: str | os.PathLike, arch: s
     if bad:
         raise ValueError(f"kd sweep: invalid grid values: {', '.join(bad)}")
     base = list(overrides or [])
-    config = select_arch(resolve_config(preset, base), family(arch))  # fails early on a bad preset or override
+    config = select_family(resolve_config(preset, base), family_of_arch(arch).name)  # fails early on a bad preset or override
     points = []
     for tau in taus:
         for lam in lams:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.metrics import average_precision
+from pipeline.models.registry import family_of_arch
 from pipeline.records import read_failure, write_json_atomic
 from pipeline.training.logs import load_metrics
 from pipeline.version import code_version
@@ -33,7 +34,7 @@ EXPECTED_RUNS = ("train-cnn", "train-ast", "student-cnn-from-ast", "student-ast-
 VARIANTS = {"single": "last", "best": "best", "wa": "wa", "ensemble": "ensemble"}  # column → results key
 FIGURES = {"learning_curves": "learning_curves.png", "per_class": "per_class.png", "agreement": "agreement.png"}
 AGREEMENT = "teacher_agreement"
-RUN_NAME = re.compile(r"(?:train-(cnn|ast)|student-(cnn|ast)-from-(cnn|ast))")
+RUN_NAME = re.compile(r"(?:train-(\w+)|student-(\w+)-from-(\w+))")  # \w+: a model family name
 
 
 class ReportError(ValueError):
@@ -230,7 +231,7 @@ def _difference(a: float | None, b: float | None) -> float | None:
 
 
 def _family(arch: str) -> str:
-    return "ast" if arch == "ast" else "cnn"
+    return family_of_arch(arch).name
 
 
 def _label(row: dict[str, Any]) -> str:

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.training.engine import TrainRequest, family, run_training
+from pipeline.models.registry import family_of_arch
+from pipeline.training.engine import TrainRequest, run_training
 from pipeline.training.presets import resolve_config
 
 
@@ -22,7 +23,7 @@ def train(features: str | os.PathLike, arch: str, out: str | os.PathLike, *, pre
           device: str | None = None, allow_download: bool = False, progress: bool = True,
           extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Resolve the preset + overrides and run the engine."""
-    family(arch)
+    family_of_arch(arch)  # an unknown --model fails before the preset is read
     config = resolve_config(preset, overrides or [])
     request = TrainRequest(features=Path(features), arch=arch, config=config, out_dir=Path(out), resume=resume,
                            weights=Path(weights) if weights else None, new_head=new_head,

@@ -10,7 +10,7 @@ owns (fnmatch patterns: `timm:?*` makes every `timm:NAME` a CNN). Register one w
     def build_cnn(config: CNNConfig, n_classes: int, n_mels: int, n_frames: int) -> nn.Module: ...
 
 The built-in families live in BUILTIN_MODULES. Modules named in the environment variable
-CMKD_PIPE_PLUGINS (comma-separated, e.g. `CMKD_PIPE_PLUGINS=tests.plugins.crnn`) are imported after
+CMKD_PIPE_PLUGINS (comma-separated, e.g. `CMKD_PIPE_PLUGINS=mylab.passt,mylab.panns`) are imported after
 them, so a family defined outside the package also exists in subprocesses (torchrun, Dask, stages).
 """
 from __future__ import annotations

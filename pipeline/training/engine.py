@@ -29,6 +29,7 @@ from pipeline.losses import CMKDLoss
 from pipeline.metrics import summarize
 from pipeline.models.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from pipeline.models.factory import build_model
+from pipeline.models.registry import family_of_arch
 from pipeline.models.weights import load_imagenet_from_hub, load_weights
 from pipeline.records import write_json_atomic
 from pipeline.stores.feature_store import FeatureStore
@@ -37,7 +38,7 @@ from pipeline.training.averaging import EnsembleAccumulator, average_state_dicts
 from pipeline.training.batches import Batch, ChunkCache, batches
 from pipeline.training.distributed import DistInfo, barrier, gather_objects, init_distributed, shutdown
 from pipeline.training.logs import RunLogger
-from pipeline.training.presets import select_arch
+from pipeline.training.presets import select_family
 from pipeline.training.sampler import ChunkAwareSampler
 from pipeline.training.schedule import build_scheduler
 from pipeline.views import ViewBuilder
@@ -47,10 +48,10 @@ STATE_FORMAT = "cmkd-pipe/train-state/1"
 
 @dataclass
 class TrainRequest:
-    """Everything a training run needs; `config` is a resolved preset (both model families)."""
+    """Everything a training run needs; `config` is a resolved preset (every model family it declares)."""
 
     features: Path
-    arch: str  # "cnn" | "ast" | "timm:NAME"
+    arch: str  # a model family ("cnn", "ast", ...) or an arch one owns ("timm:NAME")
     config: dict[str, Any]
     out_dir: Path
     resume: bool = False
@@ -64,16 +65,13 @@ class TrainRequest:
     extra: dict[str, Any] = field(default_factory=dict)  # recorded into checkpoints
 
 
-def family(arch: str) -> str:
-    return "ast" if arch == "ast" else "cnn"
-
-
 def model_arch(requested: str, model_section: dict[str, Any]) -> str:
-    """The architecture to build: `--model timm:NAME` as given; `--model cnn` may be refined by the
-    preset's `model.cnn.arch` (e.g. the demo's small timm CNN), within the same family."""
+    """The architecture to build: `--model timm:NAME` as given; a family name (`--model cnn`) may be
+    refined by the preset's `model.<family>.arch` (e.g. the demo's small timm CNN), within that family."""
+    family = family_of_arch(requested)
     preset_arch = model_section.get("arch")
-    if requested in ("cnn", "ast") and preset_arch:
-        if family(preset_arch) != requested:
+    if requested == family.name and preset_arch:
+        if not family.owns(preset_arch):
             raise ValueError(f"model.{requested}.arch={preset_arch!r} is not a {requested} architecture")
         return preset_arch
     return requested
@@ -85,7 +83,7 @@ class Trainer:
         self.dist = dist_info
         self.device = dist_info.device
         self.out = Path(request.out_dir)
-        self.config = select_arch(request.config, family(request.arch))
+        self.config = select_family(request.config, family_of_arch(request.arch).name)
         cfg = self.config
         self.store = FeatureStore(request.features)
         self._check_feature_settings()
@@ -99,7 +97,7 @@ class Trainer:
         self.norm = self._normalization()
         self.arch = model_arch(request.arch, self.config["model"])
         self.model = self._build_model().to(self.device)
-        if cfg["train"].get("channels_last") and self.device.type == "cuda" and family(request.arch) == "cnn":
+        if cfg["train"].get("channels_last") and self.device.type == "cuda" and family_of_arch(self.arch).channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.core = self.model  # the unwrapped module (checkpoints)
         if dist_info.enabled:
@@ -160,8 +158,6 @@ class Trainer:
         options = dict(self.config["model"])
         pretrained = options.pop("pretrained", None)
         options.pop("arch", None)
-        if self.arch.startswith("timm:"):
-            options.pop("variant", None)  # the presets' EfficientNet variant; timm:NAME names its own backbone
         model = build_model({"arch": self.arch, **options}, self.store.n_classes,
                             self.store.feature_config.num_mel_bins, self.store.feature_config.target_frames)
         if self.request.weights is not None:

@@ -5,8 +5,8 @@ take their defaults; unknown ones are refused in one line naming the key and the
 `model` section is `{<family>: {...}}`: the model families (pipeline.models.registry) this config
 trains, in order. A value that differs between families is a dict keyed by those family names (e.g.
 `optim.lr: {cnn: .., ast: ..}`); `select_family(config, name)` replaces every such dict by the value
-of `name`. A family missing from a preset is added with overrides (`model.crnn.arch=crnn`, plus a
-value for every per-family dict, e.g. `optim.lr.crnn=1.0e-3`).
+of `name`. A family missing from a preset is added with overrides (`model.NAME.arch=NAME`, plus a
+value for every per-family dict, e.g. `optim.lr.NAME=1.0e-3`).
 Epochs count from 1 as in AST/PSLA: average.wa_start_epoch..wa_end_epoch is inclusive, and
 schedule.decay_start_epoch is the number of finished epochs after which the lr first drops.
 """
