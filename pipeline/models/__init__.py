@@ -1,4 +1,6 @@
-"""Models (AST, EfficientNet / any timm CNN), weight importers and checkpoints.
+"""Models (AST, EfficientNet / any timm CNN, and any registered family), weight importers and checkpoints.
+
+Model families register themselves (pipeline.models.registry); look them up there, never by name here.
 
 Every model maps fbank [B, T, F] to logits [B, C]; `forward(x, return_embedding=True)` returns
 (logits, embedding); `.config` is the plain dict `build_model` rebuilds it from.
