@@ -16,6 +16,7 @@ Teachers are randomly initialised: the timings do not depend on the weights.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import statistics
 import tempfile
@@ -29,11 +30,10 @@ from pipeline.config import FeatureConfig
 from pipeline.training.batches import batches
 from pipeline.training.distributed import DistInfo
 from pipeline.training.engine import Trainer, TrainRequest
+from pipeline.models.registry import configured_families
 from pipeline.training.presets import resolve_config
 from stages.features import run_features
 from stages.teacher_logits import run_teacher_logits
-
-ARCHS = ("cnn", "ast")
 
 
 def make_trainer(features: Path, arch: str, out: Path, device: str, overrides: list[str],
@@ -102,6 +102,7 @@ def main() -> None:
         work = args.work_dir or Path(tmp)
         manifest = make_demo_corpus(work / "demo", clips_per_class=args.clips_per_class)
         preset = resolve_config("demo")
+        families = configured_families(preset)
         features = work / "features.zarr"
         batch = preset["data"]["batch_size"]
         base = [f"data.epoch_len={(args.steps + 1) * batch}"]
@@ -109,7 +110,7 @@ def main() -> None:
         with local_cluster(2) as cluster:
             run_features(work / "demo" / "manifest", features, config=FeatureConfig(**preset["features"]),
                          chunk_clips=32, scheduler=cluster.scheduler_address, overwrite=True, progress=False)
-            for arch in ARCHS:  # random teachers and their cached logits (1 and 3 views)
+            for arch in families:  # random teachers and their cached logits (1 and 3 views)
                 checkpoints[arch] = work / f"teacher-{arch}.pt"
                 model = make_trainer(features, arch, work / f"teacher-{arch}", "cpu", base)
                 model.save_model(checkpoints[arch])
@@ -127,7 +128,7 @@ def main() -> None:
               + ", ".join(f"{family} = {arch}" for family, arch in built.items()))
         print(f"\n{'teacher → student':18s} {'mode':22s} {'precision':9s} {'ms/step':>9s} {'prep':>6s} "
               f"{'vs plain':>9s}")
-        for teacher, student in (("ast", "cnn"), ("cnn", "ast")):
+        for teacher, student in itertools.permutations(families, 2):
             modes = [("plain (no teacher)", {}), ("cached logits, 1 view", {"logits": stores[teacher, 1]}),
                      ("cached logits, 3 views", {"logits": stores[teacher, 3]}),
                      ("online teacher", {"teacher": checkpoints[teacher]})]
@@ -143,7 +144,7 @@ def main() -> None:
 
         print(f"\nteacher-logits stage ({len(manifest)} clips, 1 view, warm cluster)   clips/s")
         targets = [("cpu", 1), ("cpu", 2)] + ([(args.device, 1)] if args.device.startswith("cuda") else [])
-        for arch in ARCHS:
+        for arch in families:
             for device, workers in targets:
                 rate = logits_rate(features, checkpoints[arch], work / "throughput.zarr", device, workers)
                 print(f"  {arch:4s} teacher, {device}, {workers} worker(s){'':14s} {rate:8.1f}")

@@ -30,6 +30,7 @@ from pipeline.stores.feature_store import FeatureStore
 from pipeline.training.batches import Batch, batches
 from pipeline.training.distributed import DistInfo
 from pipeline.training.engine import Trainer, TrainRequest
+from pipeline.models.registry import configured_families
 from pipeline.training.presets import resolve_config
 from stages.features import run_features
 
@@ -88,7 +89,7 @@ def main() -> None:
               f"{features.num_mel_bins} bins; batch {batch_size}; {args.steps} timed steps; device {args.device}; "
               f"{torch.get_num_threads()} torch threads")
         print(f"\n{'model':6s} {'input':32s} {'clips/s':>9s} {'data fraction':>14s}")
-        for arch in ("cnn", "ast"):
+        for arch in configured_families(preset):
             request = TrainRequest(features=work / "features.zarr", arch=arch, config=preset, out_dir=work / arch,
                                    device=args.device, progress=False)
             trainer = Trainer(request, DistInfo(0, 1, torch.device(args.device)))

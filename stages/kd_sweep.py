@@ -46,7 +46,8 @@ def run_kd_sweep(features: str | os.PathLike, logits: str | os.PathLike, arch: s
     if bad:
         raise ValueError(f"kd sweep: invalid grid values: {', '.join(bad)}")
     base = list(overrides or [])
-    config = select_family(resolve_config(preset, base), family_of_arch(arch).name)  # fails early on a bad preset or override
+    # fails early on a bad preset or override
+    config = select_family(resolve_config(preset, base), family_of_arch(arch).name)
     points = []
     for tau in taus:
         for lam in lams:

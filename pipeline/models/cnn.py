@@ -44,7 +44,8 @@ class CNNConfig:
         if self.arch.startswith("timm:"):
             object.__setattr__(self, "variant", self.arch[len("timm:"):])
         elif self.variant not in EFFICIENTNET_VARIANTS:
-            raise ValueError(f"model config: unknown cnn variant {self.variant!r}; known: {list(EFFICIENTNET_VARIANTS)}")
+            raise ValueError(
+                f"model config: unknown cnn variant {self.variant!r}; known: {list(EFFICIENTNET_VARIANTS)}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"model config: unknown pooling {self.pooling!r}; known: {list(POOLINGS)}")
         if self.heads < 1:

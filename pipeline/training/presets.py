@@ -123,8 +123,9 @@ def _checked_model(name: str, options: Any, where: str) -> dict[str, Any]:
     arch = options.get("arch", name)
     if not family.owns(arch):
         raise ValueError(f"{where}: {prefix}arch = {arch!r} is not a {name} architecture "
-                         f"({name} owns {', '.join(family.archs)})")
-    model_options = {k: v for k, v in options.items() if k not in {f.name for f in dataclasses.fields(schema.ModelExtras)}}
+                         f"({name} owns {', '.join(a.replace('?*', 'NAME') for a in family.archs)})")
+    extras = {f.name for f in dataclasses.fields(schema.ModelExtras)}
+    model_options = {k: v for k, v in options.items() if k not in extras}
     try:
         typed_from_dict(family.config, {**model_options, "arch": arch}, where, prefix)
     except ValueError as error:
