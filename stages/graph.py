@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.datasets import DatasetProfile, get_profile
+from pipeline.models.registry import configured_families
 from pipeline.records import (read_failure, read_json, read_record, stage_fingerprint, write_failure,
                               write_json_atomic, write_record)
-from pipeline.models.registry import configured_families
 from pipeline.training.presets import resolve_config
 
 

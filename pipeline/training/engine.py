@@ -97,7 +97,8 @@ class Trainer:
         self.norm = self._normalization()
         self.arch = model_arch(request.arch, self.config["model"])
         self.model = self._build_model().to(self.device)
-        if cfg["train"].get("channels_last") and self.device.type == "cuda" and family_of_arch(self.arch).channels_last:
+        prefers_channels_last = family_of_arch(self.arch).channels_last
+        if cfg["train"].get("channels_last") and self.device.type == "cuda" and prefers_channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.core = self.model  # the unwrapped module (checkpoints)
         if dist_info.enabled:
