@@ -21,7 +21,8 @@ if str(REPO) not in sys.path:  # `tests.plugins.crnn` is the name the other proc
 
 from pipeline.config import FeatureConfig  # noqa: E402
 from pipeline.models.factory import build_model, default_model_config  # noqa: E402
-from pipeline.models.registry import PLUGINS_ENV, configured_families, family_names, family_of_arch  # noqa: E402
+from pipeline.models.registry import (PLUGINS_ENV, configured_families, family_names,  # noqa: E402
+                                      family_of_arch, register_family)
 from pipeline.stores.logits_store import LogitsStore  # noqa: E402
 from pipeline.training.presets import resolve_config, select_family  # noqa: E402
 from stages.features import run_features  # noqa: E402
@@ -120,6 +121,17 @@ def test_a_subprocess_loads_the_family_from_the_environment():
                             timeout=120)
     assert loaded.returncode == 0, loaded.stderr
     assert yaml.safe_load(loaded.stdout)["model"] == {"hidden": 16}
+    broken = subprocess.run(command, cwd=REPO, env={**env, PLUGINS_ENV: "tests.plugins.missing"},
+                            capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 1
+    assert "CMKD_PIPE_PLUGINS: cannot import model family module 'tests.plugins.missing'" in broken.stderr
+
+
+def test_a_taken_family_name_is_refused():
+    with pytest.raises(ValueError, match="model family 'cnn' is registered twice"):
+        register_family("cnn", display_name="another CNN", config=crnn.CRNNConfig)(crnn.build_crnn)
+    with pytest.raises(TypeError, match="config must be a dataclass with an 'arch' field"):
+        register_family("mlp", display_name="MLP", config=dict)
 
 
 def test_adding_the_family_touched_no_shipped_file():
