@@ -237,13 +237,16 @@ def run_cmd(dataset: Dataset = "demo", data_root: Annotated[Optional[Path], type
             nproc: Annotated[int, typer.Option(help="processes per training stage (torchrun DDP)")] = 1,
             device: Optional[str] = None, pretrained_from_hub: HubOption = False, folds: Folds = None,
             val_on_test: ValOnTest = False,
-            jobs: Annotated[int, typer.Option(help="stages run at the same time (each gets cores/jobs threads)")] = 1
+            jobs: Annotated[int, typer.Option(help="stages run at the same time (each gets cores/jobs threads)")] = 1,
+            clean: Annotated[bool, typer.Option(help="delete a rerun stage's previous outputs once it succeeds "
+                                                     "(default: keep them in <stage>/previous/)")] = False
             ) -> None:
     """Run the CMKD experiment of a dataset: only the stages not done (or stale), then print the report."""
     from stages import graph
 
     options = _run_options(dataset, data_root, run_dir, set_, scheduler, workers, nproc, device,
                            pretrained_from_hub, folds, val_on_test, jobs)
+    options.clean = clean
     try:
         ran = graph.run(options, until=until, only=only, echo=typer.echo)
     except (graph.StageFailed, ValueError) as error:

@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,12 +32,13 @@ from typing import Any, Callable
 
 from pipeline.config import FeatureConfig
 from pipeline.datasets import DatasetProfile, fold_overrides, get_profile, next_fold
-from pipeline.records import (read_failure, read_json, read_record, stage_fingerprint, write_failure,
-                              write_json_atomic, write_record)
+from pipeline.records import (FAILURE_NAME, read_failure, read_json, read_record, stage_fingerprint,
+                              write_failure, write_json_atomic, write_record)
 from pipeline.training.presets import resolve_config, select_arch
 
 FAMILIES = ("cnn", "ast")
 CONFIG_NAME = "config.json"
+PREVIOUS = "previous"  # a stale stage's last outputs, kept until its next rerun
 # Training settings that cannot change a result: never part of a stage's identity.
 RUNTIME_TRAIN_KEYS = (("train", "compile"), ("train", "checkpoint_every_steps"))
 
@@ -79,6 +81,7 @@ class RunOptions:
     folds: list[int] | None = None  # test folds to run (default: the profile's)
     val_on_test: bool = False  # the official ESC-50 recipe: validate (choose the best epoch) on the test fold
     jobs: int = 1  # stages run at the same time by `run`
+    clean: bool = False  # delete a rerun stage's previous outputs once it succeeds (default: keep one generation)
 
 
 def groups(profile: DatasetProfile, folds: list[int] | None = None,
@@ -214,7 +217,7 @@ def state(stage: Stage, run_dir: Path) -> tuple[str, str]:
         return "stale", f"input changed: {', '.join(moved) or 'code'}"
     if failure is not None:
         return "failed", f"{failure['error']} (log: {failure['log']})"
-    if folder.exists() and any(p.name != CONFIG_NAME for p in folder.iterdir()):
+    if folder.exists() and any(p.name not in (CONFIG_NAME, PREVIOUS) for p in folder.iterdir()):
         return "incomplete", "started, not finished (killed or running)"
     return "not started", ""
 
@@ -251,17 +254,21 @@ class StageFailed(RuntimeError):
     pass
 
 
-def run_stage(stage: Stage, run_dir: Path, options: RunOptions, threads: int | None = None) -> dict[str, Any]:
-    """Run one stage from its config.json as a subprocess, then write its record (or its failure note)."""
+def run_stage(stage: Stage, run_dir: Path, options: RunOptions, threads: int | None = None,
+              on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run one stage from its config.json as a subprocess, then write its record (or its failure note).
+    A stale stage's earlier outputs move to `previous/` (one generation) instead of being deleted."""
     folder = run_dir / stage.name
     folder.mkdir(parents=True, exist_ok=True)
-    if read_record(folder) is not None:  # stale: its previous outputs must not be resumed from
-        _clear(folder)
+    set_aside = read_record(folder) is not None  # stale: its outputs must not be resumed from
+    if set_aside:
+        _set_aside(folder)
     inputs = input_fingerprints(stage, run_dir)
     missing = [dep for dep, fp in inputs.items() if fp == "missing"]
     if missing:
         raise StageFailed(f"{stage.name}: dependencies not done: {', '.join(missing)}")
     write_config_file(stage, run_dir)
+    (folder / FAILURE_NAME).unlink(missing_ok=True)  # a run killed from now on shows as incomplete
     log = folder / "log.txt"
     command = _command(stage, folder, options)
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
@@ -269,13 +276,45 @@ def run_stage(stage: Stage, run_dir: Path, options: RunOptions, threads: int | N
     with open(log, "ab") as handle:
         handle.write(f"\n$ {' '.join(command)}\n".encode())
         handle.flush()
-        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        code = _call_logged(command, env, handle, on_progress)
     if code != 0:
-        error = _last_error(log) or f"exit code {code}"
+        error = describe_exit(code, log)
+        if set_aside:
+            _restore_if_untouched(folder)
         write_failure(folder, stage=stage.name, error=error, log=str(log))
         raise StageFailed(f"{stage.name} failed: {error} (full log: {log})")
+    if options.clean:
+        shutil.rmtree(folder / PREVIOUS, ignore_errors=True)
     return write_record(folder, stage=stage.kind, config=stage.identity(), inputs=inputs, outputs=stage.outputs,
                         started=started, finished=time.time(), extra={"labels": stage.labels})
+
+
+def _call_logged(command: list[str], env: dict[str, str], log, on_progress: Callable[[str], None] | None) -> int:
+    """Run `command`, writing its output to `log` one line per update: progress bars redraw a line with
+    carriage returns, which become line ends here, so a log holds no half-drawn frames."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    pending = b""
+    for block in iter(lambda: process.stdout.read1(65536), b""):
+        pending += block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                log.write(line + b"\n")
+                if on_progress:
+                    on_progress(line.decode(errors="replace"))
+        log.flush()
+    if pending.strip():
+        log.write(pending + b"\n")
+    return process.wait()
+
+
+def describe_exit(code: int, log: Path) -> str:
+    """What ended a stage: the signal that killed it, else its error line, else its exit code."""
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else "?"
+        hint = " (killed: by a user, a scheduler or the out-of-memory killer)" if -code == signal.SIGKILL else ""
+        return f"killed by signal {-code} ({name}){hint}"
+    return _last_error(log) or f"exit code {code}"
 
 
 def _command(stage: Stage, folder: Path, options: RunOptions) -> list[str]:
@@ -287,18 +326,36 @@ def _command(stage: Stage, folder: Path, options: RunOptions) -> list[str]:
 
 
 def _last_error(log: Path) -> str:
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    """The last error line of the stage's latest run in its log (never a progress-bar frame)."""
+    text = log.read_text(errors="replace")
+    lines = [line.strip() for line in text[text.rfind("\n$ ") + 1:].splitlines()[1:] if line.strip()]
     for line in reversed(lines):
         if line.startswith("error:") or "Error" in line.split(":")[0]:
             return line
-    return lines[-1] if lines else ""
+    return ""
 
 
-def _clear(folder: Path) -> None:
-    for item in folder.iterdir():
-        if item.name in (CONFIG_NAME, "log.txt"):
-            continue
-        shutil.rmtree(item) if item.is_dir() else item.unlink()
+def _restore_if_untouched(folder: Path) -> None:
+    """A stale rerun that failed before writing any output (a typo'd path, a bad setting): put the previous
+    outputs and record back, so nothing is lost and nothing downstream reruns. A rerun that wrote outputs
+    keeps them for its resume; the previous generation stays in `previous/`."""
+    if any(item.name not in (CONFIG_NAME, "log.txt", PREVIOUS, FAILURE_NAME) for item in folder.iterdir()):
+        return
+    previous = folder / PREVIOUS
+    for item in previous.iterdir():
+        os.replace(item, folder / item.name)
+    previous.rmdir()
+
+
+def _set_aside(folder: Path) -> None:
+    """Move a stale stage's outputs into `previous/` (replacing an older generation there)."""
+    previous = folder / PREVIOUS
+    if previous.exists():
+        shutil.rmtree(previous)
+    items = [item for item in folder.iterdir() if item.name not in (CONFIG_NAME, "log.txt", PREVIOUS)]
+    previous.mkdir()
+    for item in items:
+        os.replace(item, previous / item.name)
 
 
 def select(stages: list[Stage], until: str | None = None, only: str | None = None) -> list[Stage]:
@@ -363,7 +420,8 @@ def _run_ready(todo: list[tuple[Stage, str]], run_dir: Path, options: RunOptions
                 stage, status = ready.pop(0)
                 pending.remove((stage, status))
                 echo(f"▶ {stage.name} ({status})")
-                running[pool.submit(run_stage, stage, run_dir, options, threads)] = (stage, status)
+                live = _live_line(stage.name) if jobs == 1 else None
+                running[pool.submit(run_stage, stage, run_dir, options, threads, live)] = (stage, status)
             if not running:
                 break
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -379,6 +437,18 @@ def _run_ready(todo: list[tuple[Stage, str]], run_dir: Path, options: RunOptions
     if failures:
         raise failures[0]
     return ran
+
+
+def _live_line(name: str) -> Callable[[str], None] | None:
+    """On a terminal, the running stage's latest output line, redrawn in place."""
+    if not sys.stderr.isatty():
+        return None
+    width = shutil.get_terminal_size().columns - 1
+
+    def show(line: str) -> None:
+        sys.stderr.write(f"\r\033[K  {name}: {line.strip()}"[:width] + "\r")
+        sys.stderr.flush()
+    return show
 
 
 def _touch(path: Path, inputs: list[Path]) -> None:

@@ -132,3 +132,68 @@ def test_feature_command_and_graph_reach_the_stage_the_same_way(tmp_path, record
     run_from_file(stages_["features"], tmp_path / "run")
     _, from_graph = recorder["features"]
     assert from_cli["config"] == from_graph["config"] and from_cli["chunk_clips"] == from_graph["chunk_clips"]
+
+
+# ----------------------------------------------------------------------------- failures and reruns
+def _fake_stage(tmp_path: Path, monkeypatch, script: str):
+    """The report stage of a demo plan, run by `python -c script` instead of the real command."""
+    import sys
+
+    from stages import graph
+
+    monkeypatch.setattr(graph, "_command", lambda stage, folder, options: [sys.executable, "-c", script])
+    options = RunOptions("demo", tmp_path / "run", tmp_path / "data", folds=[1])
+    stage = next(s for s in plan(options) if s.name == "report")
+    stage.deps = []
+    return graph, options, stage
+
+
+def test_a_killed_stage_is_recorded_as_killed_and_its_log_has_no_frames(tmp_path, monkeypatch):
+    script = ("import os, signal, sys; sys.stdout.write('step 1/4\\rstep 2/4\\rstep 3/4\\n'); sys.stdout.flush(); "
+              "os.kill(os.getpid(), signal.SIGKILL)")
+    graph, options, stage = _fake_stage(tmp_path, monkeypatch, script)
+    with pytest.raises(graph.StageFailed, match="killed by signal 9 \\(SIGKILL\\)"):
+        graph.run_stage(stage, options.run_dir, options)
+    failure = json.loads((options.run_dir / "report" / "failed.json").read_text())
+    assert failure["error"].startswith("killed by signal 9")
+    log = (options.run_dir / "report" / "log.txt").read_text()
+    assert "\r" not in log and "step 1/4\nstep 2/4\nstep 3/4\n" in log
+    assert graph.state(stage, options.run_dir)[0] == "failed"
+
+
+def test_an_error_line_is_the_failure_not_a_progress_frame(tmp_path, monkeypatch):
+    script = "import sys; print('error: /data/x.wav: no such file'); print('50%|#####', end='\\r'); sys.exit(1)"
+    graph, options, stage = _fake_stage(tmp_path, monkeypatch, script)
+    with pytest.raises(graph.StageFailed):
+        graph.run_stage(stage, options.run_dir, options)
+    failure = json.loads((options.run_dir / "report" / "failed.json").read_text())
+    assert failure["error"] == "error: /data/x.wav: no such file"
+
+
+def test_a_stale_rerun_that_fails_at_once_loses_nothing(tmp_path, monkeypatch):
+    graph, options, stage = _fake_stage(tmp_path, monkeypatch, "import sys; sys.exit('error: bad data root')")
+    folder = options.run_dir / "report"
+    folder.mkdir(parents=True)
+    (folder / "report.md").write_text("the earlier report")
+    write_record(folder, stage="report", config={"old": True}, inputs={}, outputs=[], started=0, finished=1)
+    before = (folder / "stage.json").read_text()
+    with pytest.raises(graph.StageFailed):
+        graph.run_stage(stage, options.run_dir, options)
+    assert (folder / "report.md").read_text() == "the earlier report" and (folder / "stage.json").read_text() == before
+    assert not (folder / "previous").exists()
+    assert graph.state(stage, options.run_dir)[0] == "stale"
+
+
+def test_a_stale_rerun_keeps_the_previous_outputs_aside(tmp_path, monkeypatch):
+    graph, options, stage = _fake_stage(tmp_path, monkeypatch, "print('ok')")
+    folder = options.run_dir / "report"
+    folder.mkdir(parents=True)
+    (folder / "report.md").write_text("the earlier report")
+    write_record(folder, stage="report", config={"old": True}, inputs={}, outputs=[], started=0, finished=1)
+    graph.run_stage(stage, options.run_dir, options)
+    assert (folder / "previous" / "report.md").read_text() == "the earlier report"
+    assert graph.state(stage, options.run_dir)[0] == "done"
+    write_record(folder, stage="report", config={"old": True}, inputs={}, outputs=[], started=0, finished=1)
+    options.clean = True
+    graph.run_stage(stage, options.run_dir, options)
+    assert not (folder / "previous").exists()
