@@ -14,13 +14,14 @@ NPROC ?= 1
 SCHEDULER ?=
 SET ?=
 FOLDS ?=
+PRESET ?=
 JOBS ?= 1
 HUB ?=
 PYTEST_ARGS ?=
 PLAN := $(RUN_DIR)/plan.mk
 PLAN_ARGS = --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) --nproc $(NPROC) \
 	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(HUB),--pretrained-from-hub) $(foreach s,$(SET),--set '$(s)') \
-	$(if $(FOLDS),--folds $(FOLDS))
+	$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET))
 
 .PHONY: install test demo cmkd manifest features train teacher-logits train-student report status plan
 
@@ -55,4 +56,4 @@ manifest features train teacher-logits train-student report: plan
 
 status: install
 	$(CLI) status --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set '$(s)') \
-		$(if $(FOLDS),--folds $(FOLDS))
+		$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET))

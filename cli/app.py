@@ -207,7 +207,7 @@ Dataset = Annotated[str, typer.Option(help="demo, demo-multilabel, esc50, fsd50k
 def _run_options(dataset: str, data_root: Optional[Path], run_dir: Optional[Path], set_: list[str],
                  scheduler: Optional[str] = None, workers: Optional[int] = None, nproc: int = 1,
                  device: Optional[str] = None, pretrained_from_hub: bool = False, folds: Optional[str] = None,
-                 val_on_test: bool = False, jobs: int = 1):
+                 val_on_test: bool = False, jobs: int = 1, preset: Optional[str] = None):
     from stages.graph import RunOptions
 
     try:
@@ -217,9 +217,11 @@ def _run_options(dataset: str, data_root: Optional[Path], run_dir: Optional[Path
     return RunOptions(dataset=dataset, run_dir=run_dir or Path("runs") / dataset,
                       data_root=data_root or Path("data") / dataset, overrides=set_, scheduler=scheduler,
                       workers=workers, nproc=nproc, device=device, pretrained_from_hub=pretrained_from_hub,
-                      folds=fold_list, val_on_test=val_on_test, jobs=jobs)
+                      folds=fold_list, val_on_test=val_on_test, jobs=jobs, preset=preset)
 
 
+RunPreset = Annotated[Optional[str], typer.Option(help="training preset, a name (cpu-small, esc50, …) or your own "
+                                                       "YAML file; default: the dataset's")]
 Folds = Annotated[Optional[str], typer.Option(help="test folds to run, e.g. 1,3 (default: the dataset's)")]
 ValOnTest = Annotated[bool, typer.Option(help="the official ESC-50 recipe: choose the best epoch on the test fold "
                                               "(labelled in the report); default: validate on the next fold")]
@@ -236,7 +238,7 @@ def run_cmd(dataset: Dataset = "demo", data_root: Annotated[Optional[Path], type
             set_: Set = [], scheduler: Scheduler = None, workers: Workers = None,
             nproc: Annotated[int, typer.Option(help="processes per training stage (torchrun DDP)")] = 1,
             device: Optional[str] = None, pretrained_from_hub: HubOption = False, folds: Folds = None,
-            val_on_test: ValOnTest = False,
+            val_on_test: ValOnTest = False, preset: RunPreset = None,
             jobs: Annotated[int, typer.Option(help="stages run at the same time (each gets cores/jobs threads)")] = 1,
             clean: Annotated[bool, typer.Option(help="delete a rerun stage's previous outputs once it succeeds "
                                                      "(default: keep them in <stage>/previous/)")] = False
@@ -245,7 +247,7 @@ def run_cmd(dataset: Dataset = "demo", data_root: Annotated[Optional[Path], type
     from stages import graph
 
     options = _run_options(dataset, data_root, run_dir, set_, scheduler, workers, nproc, device,
-                           pretrained_from_hub, folds, val_on_test, jobs)
+                           pretrained_from_hub, folds, val_on_test, jobs, preset)
     options.clean = clean
     try:
         ran = graph.run(options, until=until, only=only, echo=typer.echo)
@@ -256,6 +258,21 @@ def run_cmd(dataset: Dataset = "demo", data_root: Annotated[Optional[Path], type
     report = options.run_dir / "report" / "report.md"
     if report.is_file() and not until and not only:
         typer.echo(report.read_text())
+    elif until:
+        _print_partial_report(options.run_dir)
+
+
+def _print_partial_report(run_dir: Path) -> None:
+    """The report of the runs that exist so far (after `run --until`), built aside, not recorded."""
+    import tempfile
+
+    from stages.report import ReportError, build_report, markdown
+
+    with tempfile.TemporaryDirectory() as out:
+        try:
+            typer.echo(markdown(build_report(run_dir, out)))
+        except ReportError:
+            pass  # no training run finished yet: nothing to report
 
 
 app.command("cmkd", help="The whole CMKD experiment of a dataset (same as `run` without --until/--only).")(run_cmd)
@@ -263,11 +280,11 @@ app.command("cmkd", help="The whole CMKD experiment of a dataset (same as `run` 
 
 @app.command("status")
 def status_cmd(dataset: Dataset = "demo", data_root: Optional[Path] = None, run_dir: Optional[Path] = None,
-               set_: Set = [], folds: Folds = None, val_on_test: ValOnTest = False) -> None:
+               set_: Set = [], folds: Folds = None, val_on_test: ValOnTest = False, preset: RunPreset = None) -> None:
     """Table of stages: done / stale (why) / failed (last error, log) / not started, with chunk progress."""
     from stages import graph
 
-    options = _run_options(dataset, data_root, run_dir, set_, folds=folds, val_on_test=val_on_test)
+    options = _run_options(dataset, data_root, run_dir, set_, folds=folds, val_on_test=val_on_test, preset=preset)
     rows = graph.status_rows(options)
     width = max(len(r["stage"]) for r in rows)
     for row in rows:
@@ -278,14 +295,14 @@ def status_cmd(dataset: Dataset = "demo", data_root: Optional[Path] = None, run_
 def plan_cmd(out: Annotated[Path, typer.Option(help="Make include file to write")],
              dataset: Dataset = "demo", data_root: Optional[Path] = None, run_dir: Optional[Path] = None,
              set_: Set = [], scheduler: Scheduler = None, nproc: int = 1, pretrained_from_hub: HubOption = False,
-             folds: Folds = None, val_on_test: ValOnTest = False,
+             folds: Folds = None, val_on_test: ValOnTest = False, preset: RunPreset = None,
              cli: Annotated[str, typer.Option(help="how Make calls the CLI")] = "cmkd-pipe") -> None:
     """Write Make rules whose targets are the stages' completion records (used by the Makefile)."""
     from pipeline.records import write_text_atomic
     from stages import graph
 
     options = _run_options(dataset, data_root, run_dir, set_, scheduler, None, nproc, None, pretrained_from_hub,
-                           folds, val_on_test)
+                           folds, val_on_test, preset=preset)
     rules = graph.make_rules(options, cli)
     if not out.is_file() or out.read_text() != rules:
         write_text_atomic(out, rules)

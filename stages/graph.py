@@ -81,6 +81,7 @@ class RunOptions:
     folds: list[int] | None = None  # test folds to run (default: the profile's)
     val_on_test: bool = False  # the official ESC-50 recipe: validate (choose the best epoch) on the test fold
     jobs: int = 1  # stages run at the same time by `run`
+    preset: str | None = None  # training preset (name or YAML file) instead of the dataset's default
     clean: bool = False  # delete a rerun stage's previous outputs once it succeeds (default: keep one generation)
 
 
@@ -108,7 +109,8 @@ def plan(options: RunOptions) -> list[Stage]:
     """Every stage of the CMKD experiment for the dataset, in a valid execution order."""
     profile = get_profile(options.dataset)
     run = options.run_dir
-    preset = resolve_config(profile.preset, options.overrides)
+    preset_name = options.preset or profile.preset
+    preset = resolve_config(preset_name, options.overrides)
     dask = {"scheduler": options.scheduler, "workers": options.workers}
     device = {"device": options.device}
     manifest_dir, store = str(run / "manifest" / "manifest"), str(run / "features" / "features.zarr")
@@ -122,7 +124,7 @@ def plan(options: RunOptions) -> list[Stage]:
               outputs=["features/features.zarr", "features/bad_clips.csv"]),
     ]
     for group, data_overrides in groups(profile, options.folds, options.val_on_test):
-        config = resolve_config(profile.preset, [*options.overrides, *data_overrides])
+        config = resolve_config(preset_name, [*options.overrides, *data_overrides])
         train = {"pretrained_from_hub": options.pretrained_from_hub, **device}
         for fam in FAMILIES:
             name = f"{group}/train-{fam}"
@@ -390,8 +392,8 @@ def run(options: RunOptions, until: str | None = None, only: str | None = None,
     for stage in stages:
         write_config_file(stage, run_dir)
     write_json_atomic(run_dir / "run.json", {"dataset": options.dataset, "data_root": str(options.data_root),
-                                             "overrides": options.overrides, "folds": options.folds,
-                                             "val_on_test": options.val_on_test})
+                                             "preset": options.preset, "overrides": options.overrides,
+                                             "folds": options.folds, "val_on_test": options.val_on_test})
     chosen = select(stages, until, only)
     todo: list[tuple[Stage, str]] = []
     for stage in chosen:
@@ -497,6 +499,7 @@ def make_rules(options: RunOptions, cli: str) -> str:
             + " ".join(f"--set '{item}'" for item in options.overrides)
             + (f" --folds {','.join(map(str, options.folds))}" if options.folds else "")
             + (" --val-on-test" if options.val_on_test else "")
+            + (f" --preset {options.preset}" if options.preset else "")
             + (f" --nproc {options.nproc}" if options.nproc > 1 else "")
             + (f" --scheduler {options.scheduler}" if options.scheduler else "")
             + (" --pretrained-from-hub" if options.pretrained_from_hub else ""))
