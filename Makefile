@@ -8,7 +8,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 CLI := $(abspath $(VENV))/bin/cmkd-pipe
 DATASET ?= demo
-DATA_ROOT ?= data/$(DATASET)
+DATA_ROOT ?=
 RUN_DIR ?= runs/$(DATASET)
 NPROC ?= 1
 SCHEDULER ?=
@@ -19,7 +19,7 @@ JOBS ?= 1
 HUB ?=
 PYTEST_ARGS ?=
 PLAN := $(RUN_DIR)/plan.mk
-PLAN_ARGS = --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) --nproc $(NPROC) \
+PLAN_ARGS = --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --run-dir $(RUN_DIR) --nproc $(NPROC) \
 	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(HUB),--pretrained-from-hub) $(foreach s,$(SET),--set '$(s)') \
 	$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET))
 
@@ -55,5 +55,5 @@ manifest features train teacher-logits train-student report: plan
 	OMP_NUM_THREADS=$(THREADS) $(MAKE) -j$(JOBS) -f $(PLAN) stage-$@
 
 status: install
-	$(CLI) status --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set '$(s)') \
+	$(CLI) status --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set '$(s)') \
 		$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET))

@@ -208,16 +208,26 @@ def _run_options(dataset: str, data_root: Optional[Path], run_dir: Optional[Path
                  scheduler: Optional[str] = None, workers: Optional[int] = None, nproc: int = 1,
                  device: Optional[str] = None, pretrained_from_hub: bool = False, folds: Optional[str] = None,
                  val_on_test: bool = False, jobs: int = 1, preset: Optional[str] = None):
+    """The run's options; what is not given is taken from the run's run.json (what its last `run` used),
+    so `status` or a rerun typed without DATA_ROOT, SET or PRESET means the same run."""
+    from pipeline.records import read_json
     from stages.graph import RunOptions
 
+    run_dir = run_dir or Path("runs") / dataset
+    recorded = read_json(run_dir / "run.json") or {}
+    if recorded.get("dataset") not in (None, dataset):
+        recorded = {}
     try:
-        fold_list = [int(f) for f in folds.split(",") if f.strip()] if folds else None
+        fold_list = [int(f) for f in folds.split(",") if f.strip()] if folds else recorded.get("folds")
     except ValueError:
         fail(ValueError(f"--folds {folds!r}: give fold numbers separated by commas, e.g. --folds 1,3"))
-    return RunOptions(dataset=dataset, run_dir=run_dir or Path("runs") / dataset,
-                      data_root=data_root or Path("data") / dataset, overrides=set_, scheduler=scheduler,
-                      workers=workers, nproc=nproc, device=device, pretrained_from_hub=pretrained_from_hub,
-                      folds=fold_list, val_on_test=val_on_test, jobs=jobs, preset=preset)
+    root = data_root or Path(recorded.get("data_root") or Path("data") / dataset)
+    return RunOptions(dataset=dataset, run_dir=run_dir, data_root=root,
+                      overrides=list(set_) if set_ else list(recorded.get("overrides") or []),
+                      scheduler=scheduler, workers=workers, nproc=nproc, device=device,
+                      pretrained_from_hub=pretrained_from_hub, folds=fold_list,
+                      val_on_test=val_on_test or bool(recorded.get("val_on_test")), jobs=jobs,
+                      preset=preset or recorded.get("preset"))
 
 
 RunPreset = Annotated[Optional[str], typer.Option(help="training preset, a name (cpu-small, esc50, …) or your own "

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from data_manifests.digest import audio_digest, index_files
 from pipeline.config import FeatureConfig
 from pipeline.datasets import DatasetProfile, fold_overrides, get_profile, next_fold
 from pipeline.records import (FAILURE_NAME, read_failure, read_json, read_record, stage_fingerprint,
@@ -203,6 +204,16 @@ def input_fingerprints(stage: Stage, run_dir: Path) -> dict[str, str]:
     return out
 
 
+def evidence(stage: Stage) -> dict[str, str]:
+    """What the stage read from outside the run folder, as it is now: the corpus' index files (manifest)
+    and the audio files' sizes and times (features). Kept in the record; a difference makes it stale."""
+    if stage.kind == "manifest":
+        return index_files(stage.params["data_root"])
+    if stage.kind == "features" and (Path(stage.io["manifest"]) / "manifest.json").is_file():
+        return {"audio files (size, time)": audio_digest(stage.io["manifest"])}
+    return {}
+
+
 def state(stage: Stage, run_dir: Path) -> tuple[str, str]:
     """(status, detail): done | stale | failed | incomplete | not started."""
     folder = run_dir / stage.name
@@ -211,6 +222,10 @@ def state(stage: Stage, run_dir: Path) -> tuple[str, str]:
     if record is not None:
         inputs = input_fingerprints(stage, run_dir)
         if record["fingerprint"] == stage_fingerprint(stage.kind, stage.identity(), inputs):
+            seen, now = record.get("evidence", {}), evidence(stage)
+            edited = sorted(k for k in set(seen) | set(now) if seen.get(k) != now.get(k))
+            if edited:
+                return "stale", f"input changed: {', '.join(edited[:4])}" + (" …" if len(edited) > 4 else "")
             return "done", f"{record['seconds']:.1f} s"
         changed = _changed_keys(record.get("config"), stage.identity())
         if changed:
@@ -288,7 +303,8 @@ def run_stage(stage: Stage, run_dir: Path, options: RunOptions, threads: int | N
     if options.clean:
         shutil.rmtree(folder / PREVIOUS, ignore_errors=True)
     return write_record(folder, stage=stage.kind, config=stage.identity(), inputs=inputs, outputs=stage.outputs,
-                        started=started, finished=time.time(), extra={"labels": stage.labels})
+                        started=started, finished=time.time(),
+                        extra={"labels": stage.labels, "evidence": evidence(stage)})
 
 
 def _call_logged(command: list[str], env: dict[str, str], log, on_progress: Callable[[str], None] | None) -> int:
