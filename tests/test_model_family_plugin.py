@@ -74,7 +74,7 @@ def test_the_family_is_registered_and_configured_by_overrides():
     config = resolve_config("smoke", WITH_CRNN)
     assert configured_families(config) == ["cnn", "ast", "crnn"]
     chosen = select_family(config, "crnn")
-    assert chosen["model"] == {"hidden": 16} and chosen["optim"]["lr"] == 3e-3
+    assert chosen["model"] == {"crnn": {"hidden": 16}} and chosen["optim"]["lr"] == 3e-3
     with pytest.raises(ValueError, match="unknown key model.crnn.hiden; known keys in model.crnn: arch, channels"):
         resolve_config("smoke", [*WITH_CRNN, "model.crnn.hiden=8"])
     with pytest.raises(ValueError, match="optim.lr has no value for model family 'crnn'"):
@@ -120,7 +120,7 @@ def test_a_subprocess_loads_the_family_from_the_environment():
     loaded = subprocess.run(command, cwd=REPO, env={**env, PLUGINS_ENV: PLUGIN}, capture_output=True, text=True,
                             timeout=120)
     assert loaded.returncode == 0, loaded.stderr
-    assert yaml.safe_load(loaded.stdout)["model"] == {"hidden": 16}
+    assert yaml.safe_load(loaded.stdout)["model"] == {"crnn": {"hidden": 16}}
     broken = subprocess.run(command, cwd=REPO, env={**env, PLUGINS_ENV: "tests.plugins.missing"},
                             capture_output=True, text=True, timeout=120)
     assert broken.returncode == 1

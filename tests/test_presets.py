@@ -47,7 +47,7 @@ def test_esc50_follows_the_ast_recipe():
     assert config["features"] == {"target_frames": 512, "num_mel_bins": 128}
     assert config["norm"]["published_stats"] == "esc50" and config["norm"]["divisor"] == 2.0
     assert PUBLISHED_STATS["esc50"] == (-6.6268077, 5.358466)
-    assert (config["model"]["fstride"], config["model"]["tstride"]) == (10, 10)
+    assert (config["model"]["ast"]["fstride"], config["model"]["ast"]["tstride"]) == (10, 10)
     assert config["optim"]["weight_decay"] == 5e-7 and config["optim"]["betas"] == [0.95, 0.999]
     assert config["eval"]["metric"] == "accuracy"
     assert (config["data"]["train"], config["data"]["test"]) == ("fold!=1", "fold==1")
@@ -143,7 +143,9 @@ def test_missing_fields_take_the_schema_defaults_and_families_are_checked():
 def test_per_family_keys_are_accepted_in_overrides():
     config = resolve_config("esc50", ["model.cnn.arch=timm:resnet18", "model.ast.size=tiny224"])
     assert config["model"]["cnn"]["arch"] == "timm:resnet18"
-    assert select_family(config, "ast")["model"]["size"] == "tiny224"
+    assert config["model"]["ast"]["size"] == "tiny224"
+    assert select_family(config, "ast")["model"] == {"ast": config["model"]["ast"]}  # one family declared
+    assert select_family(select_family(config, "ast"), "ast") == select_family(config, "ast")  # idempotent
 
 
 def test_a_config_may_declare_any_subset_of_the_families():

@@ -340,4 +340,4 @@ def test_print_config_shows_overrides():
     assert config == resolve_config("smoke", ["optim.lr.ast=1e-5"])
     picked = yaml.safe_load(CliRunner().invoke(app, ["print-config", "--preset", "smoke", "--model", "ast",
                                                      "--set", "optim.lr.ast=1e-5"]).stdout)
-    assert picked["optim"]["lr"] == 1e-5 and picked["model"]["embed_dim"] == 16
+    assert picked["optim"]["lr"] == 1e-5 and picked["model"]["ast"]["embed_dim"] == 16

@@ -83,7 +83,8 @@ class Trainer:
         self.dist = dist_info
         self.device = dist_info.device
         self.out = Path(request.out_dir)
-        self.config = select_family(request.config, family_of_arch(request.arch).name)
+        self.family = family_of_arch(request.arch).name
+        self.config = select_family(request.config, self.family)
         cfg = self.config
         self.store = FeatureStore(request.features)
         self._check_feature_settings()
@@ -95,7 +96,7 @@ class Trainer:
         if len(self.train_rows) == 0:
             raise ValueError(f"data.train {cfg['data']['train']!r} selects no usable clip in {self.store.path}")
         self.norm = self._normalization()
-        self.arch = model_arch(request.arch, self.config["model"])
+        self.arch = model_arch(request.arch, self.config["model"][self.family])
         self.model = self._build_model().to(self.device)
         prefers_channels_last = family_of_arch(self.arch).channels_last
         if cfg["train"].get("channels_last") and self.device.type == "cuda" and prefers_channels_last:
@@ -156,7 +157,7 @@ class Trainer:
         raise ValueError(f"norm.source must be 'store' or 'published', got {norm['source']!r}")
 
     def _build_model(self) -> nn.Module:
-        options = dict(self.config["model"])
+        options = dict(self.config["model"][self.family])
         pretrained = options.pop("pretrained", None)
         options.pop("arch", None)
         model = build_model({"arch": self.arch, **options}, self.store.n_classes,

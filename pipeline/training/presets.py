@@ -4,9 +4,9 @@ A config is a nested dict with the sections and fields of pipeline.training.sche
 take their defaults; unknown ones are refused in one line naming the key and the known ones). The
 `model` section is `{<family>: {...}}`: the model families (pipeline.models.registry) this config
 trains, in order. A value that differs between families is a dict keyed by those family names (e.g.
-`optim.lr: {cnn: .., ast: ..}`); `select_family(config, name)` replaces every such dict by the value
-of `name`. A family missing from a preset is added with overrides (`model.NAME.arch=NAME`, plus a
-value for every per-family dict, e.g. `optim.lr.NAME=1.0e-3`).
+`optim.lr: {cnn: .., ast: ..}`); `select_family(config, name)` keeps only `name` in `model` and
+replaces every such dict by the value of `name`. A family missing from a preset is added with
+overrides (`model.NAME.arch=NAME`, plus a value for every per-family dict, e.g. `optim.lr.NAME=1.0e-3`).
 Epochs count from 1 as in AST/PSLA: average.wa_start_epoch..wa_end_epoch is inclusive, and
 schedule.decay_start_epoch is the number of finished epochs after which the lr first drops.
 """
@@ -41,12 +41,27 @@ def list_presets() -> list[str]:
     return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    """The preset `name` as a nested dict, checked and completed with validate_config."""
+def preset_path(name: str) -> Path:
+    """The YAML file of a shipped preset (`esc50`) or of a user's own (`my.yaml`, a path)."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"preset file {name}: no such file")
+        return path
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"unknown preset {name!r}; choose one of {list_presets()}")
-    return validate_config(yaml.safe_load(path.read_text()), where=f"preset {name!r}")
+        raise ValueError(f"unknown preset {name!r}; choose one of {list_presets()} or give a YAML file (my.yaml)")
+    return path
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset `name` (shipped name or YAML path) as a nested dict, checked and completed with validate_config."""
+    path = preset_path(name)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"preset file {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    return validate_config(config, where=f"preset {name!r}")
 
 
 def resolve_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
@@ -57,8 +72,9 @@ def resolve_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 
 def select_family(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """Copy of `config` for the model family `name`: `model` becomes its section and every per-family
-    dict its value."""
+    """Copy of `config` for the model family `name`: `model` keeps only `name`'s section and every
+    per-family dict becomes its value. The result is a config declaring one family (selecting it again
+    changes nothing), and its `model[name]` holds the family's options."""
     get_family(name)  # an unregistered name fails here, listing the registered ones
     families = configured_families(config)
     if name not in families:
@@ -67,7 +83,10 @@ def select_family(config: dict[str, Any], name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section, values in config.items():
         if section == "model":
-            out[section] = copy.deepcopy(values[name])
+            out[section] = {name: copy.deepcopy(values[name])}
+            continue
+        if not isinstance(values, dict):  # e.g. a baseline's kd: null, as the stage graph writes it
+            out[section] = copy.deepcopy(values)
             continue
         out[section] = {}
         for key, value in values.items():
