@@ -131,10 +131,11 @@ def plan(options: RunOptions) -> list[Stage]:
             name = f"{group}/train-{fam}"
             stages.append(_train_stage(name, fam, config, store, run, train, labels={"group": group, "model": fam}))
             logits = f"{group}/logits-{fam}"
-            stages.append(Stage(logits, "teacher-logits", [name], _views(select_family(config, fam)),
+            teacher_config = select_family(config, fam)
+            stages.append(Stage(logits, "teacher-logits", [name], _views(teacher_config),
                                 io={"features": store, "checkpoint": str(run / name / "final.pt"),
                                     "out": str(run / logits / "logits.zarr")},
-                                runtime={**dask, **device, "batch_size": int(config["data"]["batch_size"])},
+                                runtime={**dask, **device, "batch_size": int(teacher_config["data"]["batch_size"])},
                                 outputs=[f"{logits}/logits.zarr"]))
         for student, teacher, suffix, kd in _students(profile, config):
             name = f"{group}/student-{student}-from-{teacher}{suffix}"
