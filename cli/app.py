@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import fail, print_json
+from cli.common import ErrorBoundary, fail, print_json
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CNN/Transformer cross-model knowledge distillation for audio classification.")
 
 Scheduler = Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786); "
@@ -39,16 +39,12 @@ def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset
     import yaml
 
     from data_manifests.builders import build_manifest
-    from data_manifests.manifest import ManifestError
 
     options = {}
     for item in option:
         key, _, value = item.partition("=")
         options[key.replace("-", "_")] = yaml.safe_load(value)
-    try:
-        built = build_manifest(kind, root, **options)
-    except (ManifestError, FileNotFoundError, ValueError) as error:
-        fail(error)
+    built = build_manifest(kind, root, **options)
     built.save(out)
     typer.echo(f"{len(built)} clips, {len(built.vocabulary)} classes, "
                f"{'multi' if built.multilabel else 'single'}-label → {out}")
@@ -67,20 +63,13 @@ def features(manifest_dir: Annotated[Path, typer.Option("--manifest", help="mani
     """Compute the Kaldi fbank of every clip into a chunked Zarr store (resumable, Dask-parallel)."""
     from cli import stage_runner
     from pipeline.config import FeatureConfig
-    from pipeline.parallel import StageTasksFailed
-    from pipeline.stores.chunks import StoreError
-    from stages.features import TooManyBadClips
-    from data_manifests.manifest import ManifestError
 
-    try:
-        config = FeatureConfig(sample_rate=sample_rate, num_mel_bins=num_mel_bins, frame_length_ms=frame_length_ms,
-                               frame_shift_ms=frame_shift_ms, target_frames=target_frames)
-        summary = stage_runner.features(
-            {"features": config.to_dict(), "chunk_clips": chunk_clips, "max_bad_fraction": max_bad_fraction},
-            {"manifest": str(manifest_dir), "out": str(out)},
-            {"scheduler": scheduler, "workers": workers, "overwrite": overwrite})
-    except (StoreError, ManifestError, TooManyBadClips, StageTasksFailed, ValueError) as error:
-        fail(error)
+    config = FeatureConfig(sample_rate=sample_rate, num_mel_bins=num_mel_bins, frame_length_ms=frame_length_ms,
+                           frame_shift_ms=frame_shift_ms, target_frames=target_frames)
+    summary = stage_runner.features(
+        {"features": config.to_dict(), "chunk_clips": chunk_clips, "max_bad_fraction": max_bad_fraction},
+        {"manifest": str(manifest_dir), "out": str(out)},
+        {"scheduler": scheduler, "workers": workers, "overwrite": overwrite})
     print_json(summary)
 
 
@@ -93,19 +82,15 @@ def _train_command(features: Path, model: str, out: Path, preset: str, overrides
                    weights: Optional[Path], new_head: bool, pretrained_from_hub: bool, device: Optional[str],
                    logits: Optional[Path] = None, teacher: Optional[Path] = None) -> None:
     from cli import stage_runner
-    from pipeline.stores.chunks import StoreError
     from pipeline.training.presets import resolve_config
 
     teacher_io = {"teacher": str(logits or teacher)} if (logits or teacher) else {}
-    try:
-        results = stage_runner.train(
-            {"family": model, "config": resolve_config(preset, overrides),
-             "teacher": "logits" if logits else "checkpoint" if teacher else None},
-            {"features": str(features), "out": str(out), **teacher_io},
-            {"resume": resume, "weights": str(weights) if weights else None, "new_head": new_head,
-             "device": device, "pretrained_from_hub": pretrained_from_hub, "extra": {"preset": preset}})
-    except (StoreError, ValueError, FileNotFoundError) as error:
-        fail(error)
+    results = stage_runner.train(
+        {"family": model, "config": resolve_config(preset, overrides),
+         "teacher": "logits" if logits else "checkpoint" if teacher else None},
+        {"features": str(features), "out": str(out), **teacher_io},
+        {"resume": resume, "weights": str(weights) if weights else None, "new_head": new_head,
+         "device": device, "pretrained_from_hub": pretrained_from_hub, "extra": {"preset": preset}})
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports
     metric = results["metric"]
@@ -259,10 +244,7 @@ def run_cmd(dataset: Dataset = "demo", data_root: Annotated[Optional[Path], type
     options = _run_options(dataset, data_root, run_dir, set_, scheduler, workers, nproc, device,
                            pretrained_from_hub, folds, val_on_test, jobs, preset)
     options.clean = clean
-    try:
-        ran = graph.run(options, until=until, only=only, echo=typer.echo)
-    except (graph.StageFailed, ValueError) as error:
-        fail(error)
+    ran = graph.run(options, until=until, only=only, echo=typer.echo)
     if not ran:
         typer.echo("everything requested is up to date")
     report = options.run_dir / "report" / "report.md"
@@ -323,14 +305,8 @@ def run_stage_cmd(folder: Annotated[Path, typer.Argument(help="a stage folder ho
                   ) -> None:
     """Run one stage exactly as its config.json says (what `run` and Make execute)."""
     from cli import stage_runner
-    from pipeline.parallel import StageTasksFailed
-    from stages.features import TooManyBadClips
-    from data_manifests.manifest import ManifestError
 
-    try:
-        stage_runner.run_stage_dir(folder)
-    except (ValueError, FileNotFoundError, ManifestError, TooManyBadClips, StageTasksFailed) as error:
-        fail(error)
+    stage_runner.run_stage_dir(folder)
 
 
 def _register_stage_commands() -> None:

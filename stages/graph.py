@@ -288,7 +288,7 @@ def run_stage(stage: Stage, run_dir: Path, options: RunOptions, threads: int | N
     (folder / FAILURE_NAME).unlink(missing_ok=True)  # a run killed from now on shows as incomplete
     log = folder / "log.txt"
     command = _command(stage, folder, options)
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {**os.environ, "CMKD_PIPE_TRACEBACK": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     started = time.time()
     with open(log, "ab") as handle:
         handle.write(f"\n$ {' '.join(command)}\n".encode())
