@@ -29,7 +29,8 @@ from pipeline.losses import CMKDLoss
 from pipeline.models.factory import build_model
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of devices this may meet, from their makers' data sheets.
-BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 756.0, "A100": 312.0,
+# torch names an H100 SXM "NVIDIA H100 80GB HBM3" and the PCIe card "NVIDIA H100 PCIe".
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "A100": 312.0,
                     "L40S": 362.0, "L4": 121.0, "A10G": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0}
 PAPER = {"teacher": {"arch": "ast", "size": "base384", "fstride": 10, "tstride": 10},
          "student": {"arch": "cnn", "variant": "efficientnet_b2", "pooling": "mean"},
