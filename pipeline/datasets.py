@@ -36,3 +36,12 @@ def get_profile(name: str) -> DatasetProfile:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(PROFILES)} "
                          "(for your own corpus build a manifest with `cmkd-pipe manifest folder|csv|ast-json`)")
     return PROFILES[name]
+
+
+def fold_overrides(test_fold: int, val_fold: int | None = None) -> list[str]:
+    """Config overrides of one cross-validation fold: train on the other folds, test on `test_fold`, and
+    validate on `val_fold` (default: the test fold, the AST ESC-50 protocol; a held-out fold is then
+    left out of training as well)."""
+    val = test_fold if val_fold is None else val_fold
+    train = f"fold!={test_fold}" if val == test_fold else f"fold!={test_fold},{val}"
+    return [f"data.train={train}", f"data.val=fold=={val}", f"data.test=fold=={test_fold}"]
