@@ -4,6 +4,11 @@ The CLI runs through a small launcher that wraps `Trainer.fit` to write, on ever
 weights the rank ended with; the test checks that both ranks hold the same weights and that they are
 the ones rank 0 saved. Only rank 0 writes the run folder, and its test metrics come from predictions
 gathered from both ranks: every test clip is scored, as a single process scores it.
+
+Exact DDP resume (slow): a 2-process run SIGKILLed (the whole process group) once its resume state lies
+within an epoch, then rerun with --resume, ends with the weights, optimiser state, metrics and
+predictions of an uninterrupted 2-process run, bit for bit: every rank redraws its own augmentation
+after the resume (the draws are functions of seed, epoch, step and rank).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +30,8 @@ from pipeline.models.checkpoint import load_checkpoint
 from pipeline.stores.feature_store import FeatureStore
 from stages.evaluate import evaluate_checkpoint
 from stages.features import run_features
+
+from faults import kill_group, start, tail
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = FeatureConfig(num_mel_bins=32, target_frames=64)  # the smoke preset's features
@@ -117,3 +125,78 @@ def test_metrics_come_from_predictions_gathered_from_both_ranks(ddp_run):
     with torch.no_grad():
         alone = torch.softmax(model.eval()(x), dim=-1).numpy()
     np.testing.assert_allclose(predictions["scores"], alone, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ exact resume
+
+RESUME = ["data.epoch_len=192", "train.checkpoint_every_steps=2", "train.deterministic=true"]  # 12 steps/epoch
+
+
+def ddp_train(store: Path, out: Path, *extra: str) -> list[str]:
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+            str(REPO / "cli" / "app.py"), "train", "--features", str(store), "--out", str(out), "--model", "ast",
+            "--preset", "smoke", "--device", "cpu"]
+    for item in RESUME:
+        args += ["--set", item]
+    return [*args, *extra]
+
+
+def resume_position(path: Path) -> tuple[int, int] | None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return None
+    return state["epoch"], state["sampler"]["position"]
+
+
+def finish(process: subprocess.Popen, log: Path) -> None:
+    try:
+        code = process.wait(timeout=400)
+    except subprocess.TimeoutExpired:
+        kill_group(process)
+        raise
+    assert code == 0, tail(log)
+
+
+@pytest.mark.slow
+def test_ddp_resume_after_a_kill_equals_an_uninterrupted_run(ddp_run, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "LOGLEVEL": "WARNING"}
+    store, ref, res = ddp_run["store"], tmp_path / "reference", tmp_path / "resumed"
+    reference = start(ddp_train(store, ref), tmp_path / "reference.log", env=env)
+    try:
+        killed = start(ddp_train(store, res), tmp_path / "killed.log", env=env)
+        try:
+            deadline = time.monotonic() + 300
+            while (seen := resume_position(res / "checkpoints" / "last.pt")) is None or seen[1] == 0:
+                assert killed.poll() is None, "the run ended before a mid-epoch state was seen:\n" + \
+                    tail(tmp_path / "killed.log")
+                assert time.monotonic() < deadline, "no mid-epoch resume state appeared"
+                time.sleep(0.005)
+        finally:
+            kill_group(killed)  # torchrun and both ranks
+        assert not (res / "results.json").exists()
+        epoch, position = resume_position(res / "checkpoints" / "last.pt")
+        assert 0 < position < 96
+        finish(start(ddp_train(store, res, "--resume"), tmp_path / "resumed.log", env=env), tmp_path / "resumed.log")
+        finish(reference, tmp_path / "reference.log")
+    finally:
+        kill_group(reference)
+
+    for name in ("final.pt", "best.pt", "wa.pt", "checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt"):
+        a, b = (torch.load(p / name, map_location="cpu", weights_only=False)["state_dict"] for p in (ref, res))
+        assert weights_hash(a) == weights_hash(b), name
+    ref_state, res_state = (torch.load(p / "checkpoints/last.pt", weights_only=False) for p in (ref, res))
+    assert weights_hash(ref_state["model"]) == weights_hash(res_state["model"])
+    for ref_moments, res_moments in zip(ref_state["optimizer"]["state"].values(),
+                                        res_state["optimizer"]["state"].values()):
+        assert weights_hash(ref_moments) == weights_hash(res_moments)
+    ref_results, res_results = (json.loads((p / "results.json").read_text()) for p in (ref, res))
+    for name in ("last", "best", "wa", "ensemble"):
+        assert ref_results[name] == res_results[name]
+    assert np.array_equal(np.load(ref / "test_predictions.npz")["scores"],
+                          np.load(res / "test_predictions.npz")["scores"])
+    ref_rows, res_rows = ([json.loads(line) for line in (p / "metrics.jsonl").read_text().splitlines()]
+                          for p in (ref, res))
+    assert [(r["epoch"], r["lr"], r["test_accuracy"]) for r in ref_rows] == \
+           [(r["epoch"], r["lr"], r["test_accuracy"]) for r in res_rows]
