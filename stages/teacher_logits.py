@@ -33,6 +33,7 @@ from pipeline.metrics import summarize
 from pipeline.models.checkpoint import check_compatible, file_sha256, load_checkpoint, read_checkpoint
 from pipeline.parallel import run_tasks
 from pipeline.predict import model_logits, probabilities
+from pipeline.records import atomic_path
 from pipeline.stores import logits_store as ls
 from pipeline.stores.chunks import StoreError, chunk_range, open_store, pending_chunks
 from pipeline.stores.feature_store import FeatureStore
@@ -273,6 +274,6 @@ def _plot(path: Path, splits: dict[str, np.ndarray], entropy: np.ndarray, confid
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
     figure.suptitle("teacher predictions on clean inputs (view 0)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
     return path

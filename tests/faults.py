@@ -82,6 +82,52 @@ def kill_group(process: subprocess.Popen, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def resume_position(state: Path) -> tuple[int, int] | None:
+    """(epoch, sampler position within it) of a training resume state, or None while there is none yet."""
+    import torch
+
+    try:
+        saved = torch.load(state, map_location="cpu", weights_only=False)
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return None
+    return saved["epoch"], saved["sampler"]["position"]
+
+
+def assert_same_runs(ref: Path, res: Path) -> None:
+    """Two training run folders hold bitwise the same models, training state (weights, optimiser moments),
+    test metrics, predictions and per-epoch learning rates and test accuracies."""
+    import json
+
+    import numpy as np
+    import torch
+
+    def same_tensors(a: dict, b: dict, what: str) -> None:
+        assert a.keys() == b.keys(), what
+        for name in a:
+            assert torch.equal(a[name], b[name]), f"{what}: {name}"
+
+    def load(path: Path) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    for name in ("final.pt", "best.pt", "wa.pt", "checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt"):
+        same_tensors(load(ref / name)["state_dict"], load(res / name)["state_dict"], name)
+    ref_state, res_state = load(ref / "checkpoints/last.pt"), load(res / "checkpoints/last.pt")
+    same_tensors(ref_state["model"], res_state["model"], "last.pt model")
+    for ref_moments, res_moments in zip(ref_state["optimizer"]["state"].values(),
+                                        res_state["optimizer"]["state"].values()):
+        same_tensors(ref_moments, res_moments, "last.pt optimiser state")
+    assert ref_state["step"] == res_state["step"]
+    ref_results, res_results = (json.loads((p / "results.json").read_text()) for p in (ref, res))
+    for name in ("last", "best", "wa", "ensemble"):
+        assert ref_results[name] == res_results[name], name
+    assert np.array_equal(np.load(ref / "test_predictions.npz")["scores"],
+                          np.load(res / "test_predictions.npz")["scores"])
+    ref_rows, res_rows = ([json.loads(line) for line in (p / "metrics.jsonl").read_text().splitlines()]
+                          for p in (ref, res))
+    assert [(r["epoch"], r["lr"], r["test_accuracy"]) for r in ref_rows] == \
+           [(r["epoch"], r["lr"], r["test_accuracy"]) for r in res_rows]
+
+
 def tail(log: Path, chars: int = 3000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.is_file() else ""
 

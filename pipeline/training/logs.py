@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.records import write_text_atomic
+from pipeline.records import atomic_path, write_text_atomic
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -99,8 +99,8 @@ class RunLogger:
             if axes.lines:
                 axes.legend(fontsize="small")
         path = Path(path_png)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=100)
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=100)
         return path
 
     def close(self) -> None:
