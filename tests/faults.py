@@ -128,6 +128,46 @@ def assert_same_runs(ref: Path, res: Path) -> None:
            [(r["epoch"], r["lr"], r["test_accuracy"]) for r in res_rows]
 
 
+def descendants(pid: int) -> list[int]:
+    """Pids of the live descendants of `pid`, whatever their process group (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGKILL a process group and every descendant of its leader, also those that torchrun starts in
+    sessions of their own (its ranks), and wait until none of them is alive."""
+    pids = descendants(process.pid)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    kill_group(process, timeout)
+    deadline = time.monotonic() + timeout
+    while alive := [pid for pid in pids if _running(pid)]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes survived SIGKILL: {alive}")
+        time.sleep(0.02)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def tail(log: Path, chars: int = 3000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.is_file() else ""
 

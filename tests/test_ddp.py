@@ -32,7 +32,7 @@ from pipeline.stores.feature_store import FeatureStore
 from stages.evaluate import evaluate_checkpoint
 from stages.features import run_features
 
-from faults import assert_same_runs, kill_group, resume_position, start, tail
+from faults import assert_same_runs, kill_tree, resume_position, start, tail
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = FeatureConfig(num_mel_bins=32, target_frames=64)  # the smoke preset's features
@@ -46,10 +46,10 @@ from test_ddp import weights_hash
 fit = engine.Trainer.fit
 
 
-def fit_and_hash(self):
-    results = fit(self)
+def fit_and_hash(self, *args, **kwargs):
+    outcome = fit(self, *args, **kwargs)
     (self.out / f"weights-rank{self.dist.rank}.sha256").write_text(weights_hash(self.core.state_dict()))
-    return results
+    return outcome
 
 
 engine.Trainer.fit = fit_and_hash
@@ -146,7 +146,7 @@ def finish(process: subprocess.Popen, log: Path) -> None:
     try:
         code = process.wait(timeout=400)
     except subprocess.TimeoutExpired:
-        kill_group(process)
+        kill_tree(process)
         raise
     assert code == 0, tail(log)
 
@@ -167,14 +167,14 @@ def test_ddp_resume_after_a_kill_equals_an_uninterrupted_run(ddp_run, tmp_path):
                 assert time.monotonic() < deadline, "no mid-epoch resume state appeared"
                 time.sleep(0.005)
         finally:
-            kill_group(killed)  # torchrun and both ranks
+            kill_tree(killed)  # torchrun and both ranks (torchrun starts them in sessions of their own)
         assert not (res / "results.json").exists()
         epoch, position = resume_position(res / "checkpoints" / "last.pt")
         assert 0 < position < 96
         finish(start(ddp_train(store, res, "--resume"), tmp_path / "resumed.log", env=env), tmp_path / "resumed.log")
         finish(reference, tmp_path / "reference.log")
     finally:
-        kill_group(reference)
+        kill_tree(reference)
     # rank 0's first progress bar starts at the step after the saved position: the run continued
     first_bar = re.search(r"epoch (\d)/2:.*?(\d+)/12 ", (tmp_path / "resumed.log").read_text())
     assert first_bar and (int(first_bar[1]), int(first_bar[2])) == (epoch + 1, position // 8)
