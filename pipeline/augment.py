@@ -1,5 +1,9 @@
 """Batch augmentation (SpecAugment, feature-domain mixup) and deterministic teacher views.
 
+`augment_batch` is a training step's augmentation (mixup, then SpecAugment) as a pure function of the
+batch and a torch.Generator; `step_seeds(seed, epoch, step, rank)` gives that generator's seed, so a
+step's draws never depend on what ran before it (exact resume, also under DDP).
+
 Feature-domain mixup: AST mixes waveforms, λ·w_a + (1 − λ)·w_b with λ ~ Beta(10, 10), and recomputes
 the fbank. We mix the stored log-mel instead, so no fbank is recomputed. Mode "power" mixes mel
 powers, log(λ·e^a + (1 − λ)·e^b): the mixture of two uncorrelated sources up to a level offset (the
