@@ -1,7 +1,8 @@
 """Fault injection for the tests: kill a stage at random moments and rerun it, fill a disk, drop root.
 
-`kill_and_rerun` runs a command in its own process group (so a Dask LocalCluster or torchrun started
-by the command dies with it), SIGKILLs the whole group at a moment drawn from a seeded RNG, checks
+`kill_and_rerun` runs a command in its own process group (so a Dask LocalCluster started by the
+command dies with it; torchrun starts its ranks in sessions of their own, which only `kill_tree`
+reaches), SIGKILLs the whole group at a moment drawn from a seeded RNG, checks
 what the killed run left behind, and reruns the same command until one run completes:
 
     outcome = kill_and_rerun(cli("features", ...), seed=1, kills=2, log_dir=tmp_path,
