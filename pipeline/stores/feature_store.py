@@ -172,7 +172,7 @@ class FeatureStore:
         return Normalization(self.mean, self.std, divisor)
 
     def select(self, spec: str) -> np.ndarray:
-        """Indices of good clips matching a split spec: 'train', 'val,eval', 'fold==1', 'fold!=1', 'fold!=1,2', 'all'."""
+        """Indices of good clips matching a split spec: 'train', 'val,eval', 'fold==1', 'fold!=1', 'all', 'fold!=1&fold!=2'."""
         return self.ok.nonzero()[0][select_mask(spec, self.splits, self.folds)[self.ok]]
 
     def read(self, indices: np.ndarray) -> np.ndarray:
@@ -186,23 +186,23 @@ class FeatureStore:
 
 
 def select_mask(spec: str, splits: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Boolean mask for a split spec (see FeatureStore.select)."""
+    """Boolean mask for a split spec (see FeatureStore.select); `A&B` is the clips both A and B select
+    (e.g. `fold!=1&fold!=2`: train on every fold but the test and the validation fold)."""
     spec = spec.strip()
+    if "&" in spec:
+        masks = [select_mask(part, splits, folds) for part in spec.split("&")]
+        return np.logical_and.reduce(masks)
     if spec == "all":
         return np.ones(len(splits), dtype=bool)
     for op in ("==", "!="):
         if spec.startswith("fold" + op):
             try:
-                wanted = [int(k) for k in spec[len("fold") + 2:].split(",")]
+                fold = int(spec[len("fold") + 2:])
             except ValueError:
-                raise StoreError(f"split spec {spec!r}: expected fold==K or fold!=K with integers K "
-                                 "(several: fold!=1,2)") from None
-            missing = sorted(set(wanted) - set(folds.tolist()))
-            if missing:
-                raise StoreError(f"split spec {spec!r}: no clip has fold {missing[0]} "
-                                 f"(folds: {sorted(set(folds.tolist()))})")
-            inside = np.isin(folds, wanted)
-            return inside if op == "==" else ~inside
+                raise StoreError(f"split spec {spec!r}: expected fold==K or fold!=K with an integer K") from None
+            if fold not in set(folds.tolist()):
+                raise StoreError(f"split spec {spec!r}: no clip has fold {fold} (folds: {sorted(set(folds.tolist()))})")
+            return folds == fold if op == "==" else folds != fold
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = sorted(set(names) - set(splits.tolist()))
     if unknown:
