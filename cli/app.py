@@ -12,7 +12,8 @@ from cli.common import fail, print_json
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CNN/Transformer cross-model knowledge distillation for audio classification.")
 
-Scheduler = Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786); "
+Scheduler = Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786), or 'synchronous' "
+                                                       "(every task in this process, for tiny corpora); "
                                                        "default: a LocalCluster on this machine")]
 Workers = Annotated[Optional[int], typer.Option(help="LocalCluster workers (default: number of cores)")]
 

@@ -34,9 +34,9 @@ from pipeline.metrics import summarize
 from pipeline.models.checkpoint import check_compatible, file_sha256, load_checkpoint, read_checkpoint
 from pipeline.parallel import run_tasks
 from pipeline.stores import logits_store as ls
+from pipeline.stores.chunk_cache import ChunkCache
 from pipeline.stores.chunks import StoreError, chunk_range, open_store, pending_chunks
 from pipeline.stores.feature_store import FeatureStore
-from pipeline.training.batches import ChunkCache
 from pipeline.views import ViewBuilder
 
 

@@ -31,9 +31,9 @@ from pipeline.metrics import summarize
 from pipeline.models.checkpoint import save_checkpoint
 from pipeline.models.factory import build_model
 from pipeline.stores import logits_store as ls
+from pipeline.stores.chunk_cache import ChunkCache
 from pipeline.stores.chunks import StoreError, pending_chunks
 from pipeline.stores.feature_store import FeatureStore, feature_fingerprint
-from pipeline.training.batches import ChunkCache
 from pipeline.views import ViewBuilder
 from stages.features import run_features
 from stages.teacher_logits import inspect_logits, run_teacher_logits
