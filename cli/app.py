@@ -32,7 +32,7 @@ def demo_data(out_dir: Path,
 
 
 @app.command("manifest")
-def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset | folder | csv | ast-json")],
+def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset | folder | csv | ast-json | demo")],
              root: Annotated[Path, typer.Argument(help="dataset root as downloaded (csv: the csv file)")],
              out: Annotated[Path, typer.Option(help="manifest folder to write")],
              option: Annotated[list[str], typer.Option("--option", "-o", help="builder option KEY=VALUE")] = []) -> None:
@@ -47,15 +47,7 @@ def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset
         key, _, value = item.partition("=")
         options[key.replace("-", "_")] = yaml.safe_load(value)
     try:
-        if kind == "demo":
-            from data_manifests.demo import make_demo_corpus
-            from data_manifests.manifest import Manifest
-
-            existing = root / "manifest"
-            built = (Manifest.load(existing) if (existing / "manifest.json").is_file()
-                     else make_demo_corpus(root, **options))
-        else:
-            built = build_manifest(kind, root, **options)
+        built = build_manifest(kind, root, **options)
     except (ManifestError, FileNotFoundError, ValueError) as error:
         fail(error)
     built.save(out)
@@ -191,8 +183,7 @@ def print_config(preset: Preset = "demo", set_: Set = [],
                  model: Annotated[Optional[str], typer.Option(help="show the values for one model family")] = None) -> None:
     """Print a preset with overrides applied (the exact config a run records)."""
     from pipeline.config import dump_config
-    from pipeline.training.engine import family
-    from pipeline.training.presets import resolve_config, select_arch
+    from pipeline.training.presets import family, resolve_config, select_arch
 
     try:
         config = resolve_config(preset, set_)

@@ -9,6 +9,8 @@ audioset  folder with the csvs          segments (every *_segments.csv in root),
                                         ("class_labels_indices.csv"), audio_dir ("audio"), on_missing ("error")
 ast-json  folder with the datafiles     splits (every *.json in root, split = file stem), class_labels
                                         ("class_labels_indices.csv"), multilabel (inferred)
+demo      folder for the built-in       multilabel (false), clips_per_class (40), n_folds (5), clip_seconds (2.0),
+          synthetic corpus              sample_rate (16000), seed (0); generated there unless root/manifest exists
 Relative file options are taken relative to root. List options also accept a comma-separated string
 ("balanced_train_segments.csv,eval_segments.csv"), `splits` also "train=tr.json,eval=ev.json".
 """
@@ -57,6 +59,17 @@ def _ast_json(root: Path, splits: dict[str, str] | str | None = None, class_labe
     return read_ast_json(files, root / class_labels, multilabel)
 
 
+def _demo(root: Path, multilabel: bool = False, clips_per_class: int = 40, n_folds: int = 5,
+          clip_seconds: float = 2.0, sample_rate: int = 16000, seed: int = 0) -> Manifest:
+    existing = root / "manifest"
+    if (existing / "manifest.json").is_file():
+        return Manifest.load(existing)
+    from data_manifests.demo import make_demo_corpus
+
+    return make_demo_corpus(root, multilabel=multilabel, clips_per_class=clips_per_class, n_folds=n_folds,
+                            clip_seconds=clip_seconds, sample_rate=sample_rate, seed=seed)
+
+
 BUILDERS: dict[str, Callable[..., Manifest]] = {
     "esc50": build_esc50,
     "fsd50k": build_fsd50k,
@@ -64,6 +77,7 @@ BUILDERS: dict[str, Callable[..., Manifest]] = {
     "csv": _csv,
     "audioset": _audioset,
     "ast-json": _ast_json,
+    "demo": _demo,
 }
 
 
