@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_manifests.demo import synth
 from data_manifests.demo import DEMO_CLASSES, make_demo_corpus
+from data_manifests.demo.synth import SYNTHS
 from data_manifests.manifest import Manifest, balanced_weights
 
 SMALL = dict(clips_per_class=4, n_folds=2, clip_seconds=1.0, sample_rate=16000)
@@ -97,7 +97,7 @@ def test_multilabel_variant_mixes_one_to_three_distinct_classes(multi):
 
 @pytest.mark.parametrize("sample_rate", [8000, 16000])
 def test_every_class_makes_an_audible_finite_event(sample_rate):
-    for (class_id, _), synth in zip(DEMO_CLASSES, synth.SYNTHS, strict=True):
+    for (class_id, _), synth in zip(DEMO_CLASSES, SYNTHS, strict=True):
         for i in range(8):
             event = synth(np.random.default_rng([sample_rate, i]), sample_rate, sample_rate)
             assert 0 < len(event) <= sample_rate, class_id
