@@ -96,6 +96,20 @@ def _outcomes(fn: Callable[[Any], Any], items: Sequence[Any], scheduler: str | N
             yield future.result()
 
 
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run a task body on one torch thread, as on a worker of the one-thread-per-worker cluster (the same
+    numerics on every scheduler); the caller's thread count comes back afterwards (synchronous runs)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _guarded(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any, Any]:
     """Run a task and turn an exception into data, so one bad chunk does not stop the others."""
     try:

@@ -10,7 +10,8 @@ Only `clip_id` and `audio` are required; the rest default as shown (labels defau
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 import soundfile as sf
 
 from data_manifests.manifest import Manifest, Vocabulary
+from pipeline.parallel import SYNCHRONOUS
 
 TINY_CLASSES = ("a", "b", "c")
 
@@ -97,3 +99,20 @@ def make_tone() -> Callable[..., np.ndarray]:
 def tiny_clips() -> list[dict[str, Any]]:
     """A fresh list of the default clip dicts (see `default_tiny_clips`), to edit and pass to write_corpus."""
     return default_tiny_clips()
+
+
+@pytest.fixture(scope="session")
+def scheduler() -> str:
+    """The `scheduler=` for in-process stage runs: every task in the test process, no worker start-up.
+    Tests where a real cluster is the point take `dask_cluster` instead."""
+    return SYNCHRONOUS
+
+
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[str]:
+    """Address of the test session's one Dask LocalCluster (2 worker processes, started on first use)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster:
+        yield cluster.scheduler_address
