@@ -6,13 +6,12 @@ final weights within float tolerance. After every kill, what the run left behind
 without `complete` is refused by its reader, and every chunk it marks done already holds the final
 values; every checkpoint file present loads (they are written atomically).
 
-One LocalCluster (1 worker) serves the in-process reference runs; the killed CLI runs start their own,
-as a user's would, and die with their process group (tests/faults.py).
+The in-process reference runs are synchronous (the session's `scheduler`); the killed CLI runs start
+their own LocalCluster, as a user's would, and die with their process group (tests/faults.py).
 """
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -45,15 +44,6 @@ TINY_AST = {"arch": "ast", "size": "custom", "embed_dim": 32, "depth": 2, "num_h
             "fstride": 16, "tstride": 16}
 VIEW_ARGS = ["--views", "3", "--freq-mask", "4", "--time-mask", "8", "--mixup-rate", "0.5"]
 VIEWS = {"views": 3, "freq_mask": 4, "time_mask": 8, "mixup_rate": 0.5}
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> Iterator[str]:
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")
