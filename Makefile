@@ -19,7 +19,7 @@ PLAN := $(RUN_DIR)/plan.mk
 PLAN_ARGS = --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) --nproc $(NPROC) \
 	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(HUB),--pretrained-from-hub) $(foreach s,$(SET),--set '$(s)')
 
-.PHONY: install test demo cmkd manifest features train teacher-logits train-student report status plan
+.PHONY: install test test-all demo cmkd manifest features train teacher-logits train-student report status plan
 
 install: $(VENV)/.installed
 
@@ -29,7 +29,12 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
+# The fast tier (<= 4 min on 2 cores): everything but the tests marked slow (SIGKILL/fault, cluster,
+# end-to-end orchestration). test-all runs every test (what CI runs).
 test: install
+	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 # The main job on the built-in demo corpus: data, features, both teachers, both logit stores,
