@@ -25,6 +25,8 @@ from pipeline.stores.feature_store import FeatureStore
 from stages.evaluate import evaluate_checkpoint
 from stages.features import run_features
 
+pytestmark = pytest.mark.slow  # end to end: torchrun with two ranks
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = FeatureConfig(num_mel_bins=32, target_frames=64)  # the smoke preset's features
 LAUNCHER = '''\

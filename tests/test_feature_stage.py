@@ -216,6 +216,7 @@ def _chunk_done(store: Path) -> np.ndarray | None:
     return zarr.open_group(store=str(store), mode="r")["chunk_done"][:]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to watch the process group")
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, corpus_writer, make_tone, scheduler):
     clips = [{"clip_id": f"long{i:02d}", "labels": ["abc"[i % 3]], "sr": 44100,

@@ -26,6 +26,8 @@ from cli.app import app
 from pipeline.stores.feature_store import FeatureStore
 from pipeline.stores.logits_store import LogitsStore
 
+pytestmark = pytest.mark.slow  # end to end: stage subprocesses on the fsd50k front-end (128 x 1024)
+
 VOCABULARY = [("Bark", "/m/05tny_"), ("Meow", "/m/07qrkrw"), ("Crash", "/m/0_ksk"), ("Drip", "/m/07pqc89")]
 TONES = (300.0, 900.0, 2500.0, 6000.0)  # one tone per class; a clip sums the tones of its labels
 TINY = ["train.epochs=1", "average.wa_start_epoch=null", "average.wa_end_epoch=null", "average.ensemble=false",

@@ -252,6 +252,7 @@ def test_other_provenance_needs_overwrite(main, tmp_path, scheduler):
     assert np.abs(reseeded.logits[:, 1:] - main["logits"][:, 1:]).max() > 1e-2  # other augmented views
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to watch the process group")
 def test_killed_run_resumes_to_the_same_logits(main, tmp_path, scheduler):
     """SIGKILL the CLI after its first chunk, resume, compare bitwise with an

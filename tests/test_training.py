@@ -262,6 +262,7 @@ def kill_mid_epoch_and_resume(store: Path, out: Path, options: dict) -> tuple[in
     return epoch, position, resumed.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     """One thread and deterministic algorithms make the arithmetic reproducible, so the comparison is exact."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
