@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -85,8 +86,9 @@ def _outcomes(fn: Callable[[Any], Any], items: Sequence[Any], scheduler: str | N
               n_workers: int | None) -> Iterator[tuple[bool, Any, Any]]:
     """(ok, item, result or traceback) of every task, in completion order."""
     if scheduler == SYNCHRONOUS:
-        for item in items:
-            yield _guarded(fn, item)
+        with _torch_threads_restored():
+            for item in items:
+                yield _guarded(fn, item)
         return
     from distributed import as_completed
 
@@ -97,13 +99,14 @@ def _outcomes(fn: Callable[[Any], Any], items: Sequence[Any], scheduler: str | N
 
 
 @contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run a task body on one torch thread, as on a worker of the one-thread-per-worker cluster (the same
-    numerics on every scheduler); the caller's thread count comes back afterwards (synchronous runs)."""
-    import torch
-
+def _torch_threads_restored() -> Iterator[None]:
+    """Tasks pin torch to one thread, as a worker process of the one-thread-per-worker cluster should;
+    run in the caller's process, they give its own thread count back afterwards."""
+    torch = sys.modules.get("torch")  # the stages that run tasks have it loaded
+    if torch is None:
+        yield
+        return
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         yield
     finally:

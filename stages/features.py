@@ -19,7 +19,7 @@ from data_manifests.manifest import Manifest
 from pipeline.audio import AudioError, load_audio
 from pipeline.config import FeatureConfig
 from pipeline.features import clip_features
-from pipeline.parallel import one_torch_thread, run_tasks
+from pipeline.parallel import run_tasks
 from pipeline.stores import feature_store as fs
 from pipeline.stores.chunks import StoreError, chunk_range, pending_chunks, write_errors_as_store_errors
 
@@ -87,14 +87,10 @@ def _task(out: Path, manifest: Manifest, index: int, chunk_clips: int, config: F
 
 
 def compute_chunk(task: ChunkTask) -> fs.ChunkResult:
-    """Decode, fbank and write one chunk (a task: on a Dask worker, or in this process when synchronous)."""
-    with one_torch_thread():
-        return _write_chunk_features(task)
-
-
-def _write_chunk_features(task: ChunkTask) -> fs.ChunkResult:
+    """Decode, fbank and write one chunk (runs on a Dask worker)."""
     import zarr
 
+    torch.set_num_threads(1)
     config = FeatureConfig.from_dict(task.feature_config)
     n = len(task.clips)
     feats = np.zeros((n, config.target_frames, config.num_mel_bins), dtype=np.float32)

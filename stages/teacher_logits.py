@@ -32,11 +32,11 @@ from pipeline.config import Normalization
 from pipeline.features import normalize
 from pipeline.metrics import summarize
 from pipeline.models.checkpoint import check_compatible, file_sha256, load_checkpoint, read_checkpoint
-from pipeline.parallel import one_torch_thread, run_tasks
+from pipeline.parallel import run_tasks
 from pipeline.stores import logits_store as ls
-from pipeline.stores.chunk_cache import ChunkCache
 from pipeline.stores.chunks import StoreError, chunk_range, open_store, pending_chunks
 from pipeline.stores.feature_store import FeatureStore
+from pipeline.training.batches import ChunkCache
 from pipeline.views import ViewBuilder
 
 
@@ -167,14 +167,10 @@ def _view_builder(task: ChunkTask) -> tuple[FeatureStore, ViewBuilder]:
 
 
 def compute_chunk(task: ChunkTask) -> int:
-    """Teacher logits of every view of one chunk's clips, written with the done marker last (a task: on a
-    Dask worker, or in this process when synchronous)."""
+    """Teacher logits of every view of one chunk's clips, written with the done marker last (a Dask task)."""
     device = torch.device(task.device)
-    with one_torch_thread() if device.type == "cpu" else contextlib.nullcontext():
-        return _write_chunk_logits(task, device)
-
-
-def _write_chunk_logits(task: ChunkTask, device: torch.device) -> int:
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     model, norm = _teacher(task.checkpoint, task.checkpoint_sha256, task.device)
     store, builder = _view_builder(task)
     group = zarr.open_group(store=task.out, mode="r+")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.parallel import SYNCHRONOUS, StageTasksFailed, run_tasks
 
@@ -43,3 +44,18 @@ def test_failures_are_collected_after_every_task_ran(where: str, tmp_path: Path)
 
 def test_no_items_start_nothing(tmp_path: Path) -> None:
     assert run_tasks(square_unless_odd, [], scheduler="tcp://127.0.0.1:1") == []  # no connection tried
+
+
+def pin_one_thread(item: int) -> int:
+    torch.set_num_threads(1)  # as the feature and logits tasks do on a worker
+    return torch.get_num_threads()
+
+
+def test_synchronous_tasks_give_the_callers_torch_threads_back() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert run_tasks(pin_one_thread, [0, 1], scheduler=SYNCHRONOUS, progress=False) == [1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
