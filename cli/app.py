@@ -183,7 +183,8 @@ def print_config(preset: Preset = "demo", set_: Set = [],
                  model: Annotated[Optional[str], typer.Option(help="show the values for one model family")] = None) -> None:
     """Print a preset with overrides applied (the exact config a run records)."""
     from pipeline.config import dump_config
-    from pipeline.training.presets import family, resolve_config, select_arch
+    from pipeline.training.engine import family
+    from pipeline.training.presets import resolve_config, select_arch
 
     try:
         config = resolve_config(preset, set_)

@@ -9,13 +9,14 @@ audioset  folder with the csvs          segments (every *_segments.csv in root),
                                         ("class_labels_indices.csv"), audio_dir ("audio"), on_missing ("error")
 ast-json  folder with the datafiles     splits (every *.json in root, split = file stem), class_labels
                                         ("class_labels_indices.csv"), multilabel (inferred)
-demo      folder for the built-in       multilabel (false), clips_per_class (40), n_folds (5), clip_seconds (2.0),
-          synthetic corpus              sample_rate (16000), seed (0); generated there unless root/manifest exists
+demo      folder for the built-in       those of make_demo_corpus (data_manifests/demo/corpus.py); the corpus
+          synthetic corpus              is written there unless root/manifest already holds one
 Relative file options are taken relative to root. List options also accept a comma-separated string
 ("balanced_train_segments.csv,eval_segments.csv"), `splits` also "train=tr.json,eval=ev.json".
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Callable
 
 from data_manifests.ast_json import LABELS_FILE, read_ast_json
 from data_manifests.audioset import build_audioset
+from data_manifests.demo import make_demo_corpus
 from data_manifests.esc50 import build_esc50
 from data_manifests.folder import build_folder
 from data_manifests.fsd50k import build_fsd50k
@@ -59,15 +61,12 @@ def _ast_json(root: Path, splits: dict[str, str] | str | None = None, class_labe
     return read_ast_json(files, root / class_labels, multilabel)
 
 
-def _demo(root: Path, multilabel: bool = False, clips_per_class: int = 40, n_folds: int = 5,
-          clip_seconds: float = 2.0, sample_rate: int = 16000, seed: int = 0) -> Manifest:
+@functools.wraps(make_demo_corpus)  # its options are make_demo_corpus's (inspect follows __wrapped__)
+def _demo(root: Path, **options) -> Manifest:
     existing = root / "manifest"
     if (existing / "manifest.json").is_file():
         return Manifest.load(existing)
-    from data_manifests.demo import make_demo_corpus
-
-    return make_demo_corpus(root, multilabel=multilabel, clips_per_class=clips_per_class, n_folds=n_folds,
-                            clip_seconds=clip_seconds, sample_rate=sample_rate, seed=seed)
+    return make_demo_corpus(root, **options)
 
 
 BUILDERS: dict[str, Callable[..., Manifest]] = {

@@ -37,7 +37,7 @@ def loaded_modules(args: list[str], cwd: Path, preload: str = "") -> dict[str, b
 @pytest.mark.parametrize("args", [
     ["--help"],
     ["manifest", "--help"],
-    ["print-config", "--model", "ast"],
+    ["print-config"],
     ["plan", "--out", "plan.mk", "--run-dir", "run", "--data-root", "data"],
     ["status", "--run-dir", "run", "--data-root", "data"],
 ], ids=lambda args: args[0])

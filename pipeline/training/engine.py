@@ -37,7 +37,7 @@ from pipeline.training.averaging import EnsembleAccumulator, average_state_dicts
 from pipeline.training.batches import Batch, ChunkCache, batches
 from pipeline.training.distributed import DistInfo, barrier, gather_objects, init_distributed, shutdown
 from pipeline.training.logs import RunLogger
-from pipeline.training.presets import family, select_arch
+from pipeline.training.presets import select_arch
 from pipeline.training.sampler import ChunkAwareSampler
 from pipeline.training.schedule import build_scheduler
 from pipeline.views import ViewBuilder
@@ -62,6 +62,10 @@ class TrainRequest:
     allow_download: bool = False  # --pretrained-from-hub: the only way a run may fetch weights
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # recorded into checkpoints
+
+
+def family(arch: str) -> str:
+    return "ast" if arch == "ast" else "cnn"
 
 
 def model_arch(requested: str, model_section: dict[str, Any]) -> str:

@@ -51,11 +51,6 @@ def resolve_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> 
     return config
 
 
-def family(arch: str) -> str:
-    """The preset key of a model architecture: "ast" for the AST, "cnn" for every CNN (cnn, timm:NAME)."""
-    return "ast" if arch == "ast" else "cnn"
-
-
 def select_arch(config: dict[str, Any], arch: str) -> dict[str, Any]:
     """Copy of `config` with every {cnn: ..., ast: ...} dict replaced by the value for `arch`."""
     if arch not in ARCHS:
