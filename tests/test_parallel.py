@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from pipeline.parallel import SYNCHRONOUS, StageTasksFailed, run_tasks
 
@@ -47,11 +46,15 @@ def test_no_items_start_nothing(tmp_path: Path) -> None:
 
 
 def pin_one_thread(item: int) -> int:
+    import torch  # here, not at the top: the cluster's workers import this module and need no torch
+
     torch.set_num_threads(1)  # as the feature and logits tasks do on a worker
     return torch.get_num_threads()
 
 
 def test_synchronous_tasks_give_the_callers_torch_threads_back() -> None:
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
