@@ -13,11 +13,14 @@ RUN_DIR ?= runs/$(DATASET)
 NPROC ?= 1
 SCHEDULER ?=
 SET ?=
+FOLDS ?=
+JOBS ?= 1
 HUB ?=
 PYTEST_ARGS ?=
 PLAN := $(RUN_DIR)/plan.mk
 PLAN_ARGS = --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) --nproc $(NPROC) \
-	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(HUB),--pretrained-from-hub) $(foreach s,$(SET),--set '$(s)')
+	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(HUB),--pretrained-from-hub) $(foreach s,$(SET),--set '$(s)') \
+	$(if $(FOLDS),--folds $(FOLDS))
 
 .PHONY: install test test-all demo cmkd manifest features train teacher-logits train-student report status plan
 
@@ -48,12 +51,16 @@ demo:
 plan: install
 	$(CLI) plan $(PLAN_ARGS) --cli $(CLI) --out $(PLAN)
 
+# JOBS=N runs N independent stages at once, each with cores/N threads.
+THREADS = $(shell echo $$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 )))
+
 cmkd: plan
-	$(MAKE) -f $(PLAN) stage-all
+	OMP_NUM_THREADS=$(THREADS) $(MAKE) -j$(JOBS) -f $(PLAN) stage-all
 	@cat $(RUN_DIR)/report/report.md
 
 manifest features train teacher-logits train-student report: plan
-	$(MAKE) -f $(PLAN) stage-$@
+	OMP_NUM_THREADS=$(THREADS) $(MAKE) -j$(JOBS) -f $(PLAN) stage-$@
 
 status: install
-	$(CLI) status --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set '$(s)')
+	$(CLI) status --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set '$(s)') \
+		$(if $(FOLDS),--folds $(FOLDS))

@@ -66,18 +66,21 @@ def features(manifest_dir: Annotated[Path, typer.Option("--manifest", help="mani
              max_bad_fraction: Annotated[float, typer.Option(help="fail when more clips than this are unusable")] = 0.05,
              overwrite: bool = False) -> None:
     """Compute the Kaldi fbank of every clip into a chunked Zarr store (resumable, Dask-parallel)."""
+    from cli import stage_runner
     from pipeline.config import FeatureConfig
     from pipeline.parallel import StageTasksFailed
     from pipeline.stores.chunks import StoreError
-    from stages.features import TooManyBadClips, run_features
+    from stages.features import TooManyBadClips
     from data_manifests.manifest import ManifestError
 
-    config = FeatureConfig(sample_rate=sample_rate, num_mel_bins=num_mel_bins, frame_length_ms=frame_length_ms,
-                           frame_shift_ms=frame_shift_ms, target_frames=target_frames)
     try:
-        summary = run_features(manifest_dir, out, config=config, chunk_clips=chunk_clips, scheduler=scheduler,
-                               n_workers=workers, max_bad_fraction=max_bad_fraction, overwrite=overwrite)
-    except (StoreError, ManifestError, TooManyBadClips, StageTasksFailed) as error:
+        config = FeatureConfig(sample_rate=sample_rate, num_mel_bins=num_mel_bins, frame_length_ms=frame_length_ms,
+                               frame_shift_ms=frame_shift_ms, target_frames=target_frames)
+        summary = stage_runner.features(
+            {"features": config.to_dict(), "chunk_clips": chunk_clips, "max_bad_fraction": max_bad_fraction},
+            {"manifest": str(manifest_dir), "out": str(out)},
+            {"scheduler": scheduler, "workers": workers, "overwrite": overwrite})
+    except (StoreError, ManifestError, TooManyBadClips, StageTasksFailed, ValueError) as error:
         fail(error)
     print_json(summary)
 
@@ -90,14 +93,18 @@ Model = Annotated[str, typer.Option("--model", help="cnn | ast | timm:NAME (any 
 def _train_command(features: Path, model: str, out: Path, preset: str, overrides: list[str], resume: bool,
                    weights: Optional[Path], new_head: bool, pretrained_from_hub: bool, device: Optional[str],
                    logits: Optional[Path] = None, teacher: Optional[Path] = None) -> None:
+    from cli import stage_runner
     from pipeline.stores.chunks import StoreError
-    from stages.train import train
+    from pipeline.training.presets import resolve_config
 
+    teacher_io = {"teacher": str(logits or teacher)} if (logits or teacher) else {}
     try:
-        results = train(features, model, out, preset=preset, overrides=overrides, resume=resume,
-                        weights=str(weights) if weights else None, new_head=new_head,
-                        logits=str(logits) if logits else None, teacher=str(teacher) if teacher else None,
-                        device=device, allow_download=pretrained_from_hub)
+        results = stage_runner.train(
+            {"family": model, "config": resolve_config(preset, overrides),
+             "teacher": "logits" if logits else "checkpoint" if teacher else None},
+            {"features": str(features), "out": str(out), **teacher_io},
+            {"resume": resume, "weights": str(weights) if weights else None, "new_head": new_head,
+             "device": device, "pretrained_from_hub": pretrained_from_hub, "extra": {"preset": preset}})
     except (StoreError, ValueError, FileNotFoundError) as error:
         fail(error)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -199,13 +206,24 @@ Dataset = Annotated[str, typer.Option(help="demo, demo-multilabel, esc50, fsd50k
 
 
 def _run_options(dataset: str, data_root: Optional[Path], run_dir: Optional[Path], set_: list[str],
-                 scheduler: Optional[str], workers: Optional[int], nproc: int, device: Optional[str],
-                 pretrained_from_hub: bool = False):
+                 scheduler: Optional[str] = None, workers: Optional[int] = None, nproc: int = 1,
+                 device: Optional[str] = None, pretrained_from_hub: bool = False, folds: Optional[str] = None,
+                 val_on_test: bool = False, jobs: int = 1):
     from stages.graph import RunOptions
 
+    try:
+        fold_list = [int(f) for f in folds.split(",") if f.strip()] if folds else None
+    except ValueError:
+        fail(ValueError(f"--folds {folds!r}: give fold numbers separated by commas, e.g. --folds 1,3"))
     return RunOptions(dataset=dataset, run_dir=run_dir or Path("runs") / dataset,
                       data_root=data_root or Path("data") / dataset, overrides=set_, scheduler=scheduler,
-                      workers=workers, nproc=nproc, device=device, pretrained_from_hub=pretrained_from_hub)
+                      workers=workers, nproc=nproc, device=device, pretrained_from_hub=pretrained_from_hub,
+                      folds=fold_list, val_on_test=val_on_test, jobs=jobs)
+
+
+Folds = Annotated[Optional[str], typer.Option(help="test folds to run, e.g. 1,3 (default: the dataset's)")]
+ValOnTest = Annotated[bool, typer.Option(help="the official ESC-50 recipe: choose the best epoch on the test fold "
+                                              "(labelled in the report); default: validate on the next fold")]
 
 
 HubOption = Annotated[bool, typer.Option(help="let training stages download ImageNet weights from timm's hub")]
@@ -218,12 +236,15 @@ def run_cmd(dataset: Dataset = "demo", data_root: Annotated[Optional[Path], type
             only: Annotated[Optional[str], typer.Option(help="run just this stage (name or kind)")] = None,
             set_: Set = [], scheduler: Scheduler = None, workers: Workers = None,
             nproc: Annotated[int, typer.Option(help="processes per training stage (torchrun DDP)")] = 1,
-            device: Optional[str] = None, pretrained_from_hub: HubOption = False) -> None:
+            device: Optional[str] = None, pretrained_from_hub: HubOption = False, folds: Folds = None,
+            val_on_test: ValOnTest = False,
+            jobs: Annotated[int, typer.Option(help="stages run at the same time (each gets cores/jobs threads)")] = 1
+            ) -> None:
     """Run the CMKD experiment of a dataset: only the stages not done (or stale), then print the report."""
     from stages import graph
 
     options = _run_options(dataset, data_root, run_dir, set_, scheduler, workers, nproc, device,
-                           pretrained_from_hub)
+                           pretrained_from_hub, folds, val_on_test, jobs)
     try:
         ran = graph.run(options, until=until, only=only, echo=typer.echo)
     except (graph.StageFailed, ValueError) as error:
@@ -240,11 +261,11 @@ app.command("cmkd", help="The whole CMKD experiment of a dataset (same as `run` 
 
 @app.command("status")
 def status_cmd(dataset: Dataset = "demo", data_root: Optional[Path] = None, run_dir: Optional[Path] = None,
-               set_: Set = []) -> None:
+               set_: Set = [], folds: Folds = None, val_on_test: ValOnTest = False) -> None:
     """Table of stages: done / stale (why) / failed (last error, log) / not started, with chunk progress."""
     from stages import graph
 
-    options = _run_options(dataset, data_root, run_dir, set_, None, None, 1, None)
+    options = _run_options(dataset, data_root, run_dir, set_, folds=folds, val_on_test=val_on_test)
     rows = graph.status_rows(options)
     width = max(len(r["stage"]) for r in rows)
     for row in rows:
@@ -255,15 +276,32 @@ def status_cmd(dataset: Dataset = "demo", data_root: Optional[Path] = None, run_
 def plan_cmd(out: Annotated[Path, typer.Option(help="Make include file to write")],
              dataset: Dataset = "demo", data_root: Optional[Path] = None, run_dir: Optional[Path] = None,
              set_: Set = [], scheduler: Scheduler = None, nproc: int = 1, pretrained_from_hub: HubOption = False,
+             folds: Folds = None, val_on_test: ValOnTest = False,
              cli: Annotated[str, typer.Option(help="how Make calls the CLI")] = "cmkd-pipe") -> None:
     """Write Make rules whose targets are the stages' completion records (used by the Makefile)."""
     from pipeline.records import write_text_atomic
     from stages import graph
 
-    options = _run_options(dataset, data_root, run_dir, set_, scheduler, None, nproc, None, pretrained_from_hub)
+    options = _run_options(dataset, data_root, run_dir, set_, scheduler, None, nproc, None, pretrained_from_hub,
+                           folds, val_on_test)
     rules = graph.make_rules(options, cli)
     if not out.is_file() or out.read_text() != rules:
         write_text_atomic(out, rules)
+
+
+@app.command("run-stage")
+def run_stage_cmd(folder: Annotated[Path, typer.Argument(help="a stage folder holding the config.json the graph wrote")]
+                  ) -> None:
+    """Run one stage exactly as its config.json says (what `run` and Make execute)."""
+    from cli import stage_runner
+    from pipeline.parallel import StageTasksFailed
+    from stages.features import TooManyBadClips
+    from data_manifests.manifest import ManifestError
+
+    try:
+        stage_runner.run_stage_dir(folder)
+    except (ValueError, FileNotFoundError, ManifestError, TooManyBadClips, StageTasksFailed) as error:
+        fail(error)
 
 
 def _register_stage_commands() -> None:

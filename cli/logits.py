@@ -36,15 +36,16 @@ def teacher_logits(
     overwrite: Annotated[bool, typer.Option(help="delete an existing logits store at --out first")] = False,
 ) -> None:
     """Cache the teacher's raw logits for every clip and view of a feature store (resumable, Dask-parallel)."""
+    from cli import stage_runner
     from pipeline.parallel import StageTasksFailed
-    from stages.teacher_logits import run_teacher_logits
 
+    params = {"views": {"n_views": views, "freq_mask": freq_mask, "time_mask": time_mask, "mixup_rate": mixup_rate,
+                        "alpha": mixup_alpha, "seed": view_seed}, "mix_mode": mix_mode, "chunk_clips": chunk_clips}
     try:
-        summary = run_teacher_logits(features, checkpoint, out, views=views, view_seed=view_seed,
-                                     freq_mask=freq_mask, time_mask=time_mask, mixup_rate=mixup_rate,
-                                     mixup_alpha=mixup_alpha, mix_mode=mix_mode, chunk_clips=chunk_clips,
-                                     batch_size=batch_size, scheduler=scheduler, n_workers=workers,
-                                     device=device, overwrite=overwrite)
+        summary = stage_runner.teacher_logits(
+            params, {"features": str(features), "checkpoint": str(checkpoint), "out": str(out)},
+            {"batch_size": batch_size, "scheduler": scheduler, "workers": workers, "device": device,
+             "overwrite": overwrite})
     except (ValueError, StageTasksFailed) as error:  # StoreError is a ValueError
         fail(error)
     print_json(summary)

@@ -9,14 +9,13 @@ audioset  folder with the csvs          segments (every *_segments.csv in root),
                                         ("class_labels_indices.csv"), audio_dir ("audio"), on_missing ("error")
 ast-json  folder with the datafiles     splits (every *.json in root, split = file stem), class_labels
                                         ("class_labels_indices.csv"), multilabel (inferred)
-demo      folder for the built-in       those of make_demo_corpus (data_manifests/demo/corpus.py); the corpus
-          synthetic corpus              is written there unless root/manifest already holds one
+demo      folder for the demo corpus    multilabel (false), clips_per_class, seed: the built-in synthetic
+                                        corpus, generated into root on first use and read back after
 Relative file options are taken relative to root. List options also accept a comma-separated string
 ("balanced_train_segments.csv,eval_segments.csv"), `splits` also "train=tr.json,eval=ev.json".
 """
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Callable
 
 from data_manifests.ast_json import LABELS_FILE, read_ast_json
 from data_manifests.audioset import build_audioset
-from data_manifests.demo import make_demo_corpus
 from data_manifests.esc50 import build_esc50
 from data_manifests.folder import build_folder
 from data_manifests.fsd50k import build_fsd50k
@@ -61,22 +59,24 @@ def _ast_json(root: Path, splits: dict[str, str] | str | None = None, class_labe
     return read_ast_json(files, root / class_labels, multilabel)
 
 
-@functools.wraps(make_demo_corpus)  # its options are make_demo_corpus's (inspect follows __wrapped__)
-def _demo(root: Path, **options) -> Manifest:
+def _demo(root: Path, multilabel: bool = False, clips_per_class: int | None = None, seed: int = 0) -> Manifest:
+    from data_manifests.demo import make_demo_corpus
+
     existing = root / "manifest"
     if (existing / "manifest.json").is_file():
         return Manifest.load(existing)
-    return make_demo_corpus(root, **options)
+    sizes = {} if clips_per_class is None else {"clips_per_class": clips_per_class}
+    return make_demo_corpus(root, multilabel=multilabel, seed=seed, **sizes)
 
 
 BUILDERS: dict[str, Callable[..., Manifest]] = {
+    "demo": _demo,
     "esc50": build_esc50,
     "fsd50k": build_fsd50k,
     "folder": build_folder,
     "csv": _csv,
     "audioset": _audioset,
     "ast-json": _ast_json,
-    "demo": _demo,
 }
 
 
