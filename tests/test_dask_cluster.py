@@ -17,13 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from faults import REPO, chunk_markers, cli, kill_group, start, stage_env, tail
-from pipeline.config import FeatureConfig, Normalization
-from pipeline.models.checkpoint import save_checkpoint
-from pipeline.models.factory import build_model
+from pipeline.config import FeatureConfig
 from pipeline.stores.feature_store import FeatureStore
 from stages.features import run_features
 from stages.teacher_logits import run_teacher_logits
@@ -110,7 +107,8 @@ def assert_every_chunk_done(store: Path) -> None:
     assert np.asarray(group["chunk_done"][:]).tolist() == [1] * N_CLIPS and group.attrs["complete"] is True
 
 
-def test_stages_on_a_cluster_survive_a_killed_worker(tmp_path, cluster, corpus_writer, make_tone, dask_cluster):
+def test_stages_on_a_cluster_survive_a_killed_worker(tmp_path, cluster, corpus_writer, make_tone, dask_cluster,
+                                                    random_teacher):
     clips = [{"clip_id": f"clip{i:02d}", "labels": ["abc"[i % 3]], "split": "train" if i % 4 else "eval",
               "sr": 44100, "audio": make_tone(300.0 + 37 * i, 4.0, 44100, 0.3, channels=2, noise=0.1, seed=i)}
              for i in range(N_CLIPS)]
@@ -129,12 +127,8 @@ def test_stages_on_a_cluster_survive_a_killed_worker(tmp_path, cluster, corpus_w
 
     cluster.add_worker("c")
     cluster.wait_for_workers(2)
-    store = FeatureStore(features)
-    torch.manual_seed(0)
-    model = build_model(TEACHER, store.n_classes, CONFIG.num_mel_bins, CONFIG.target_frames)
-    teacher = save_checkpoint(tmp_path / "teacher.pt", model, feature_config=CONFIG.to_dict(),
-                              normalization=Normalization(store.mean, store.std, 2.0).to_dict(),
-                              vocabulary=store.vocabulary)
+    teacher = tmp_path / "teacher.pt"
+    random_teacher(teacher, FeatureStore(features), TEACHER, weight_std=None)
     logits = tmp_path / "logits.zarr"
     view_args = ["--views", "4", "--freq-mask", "4", "--time-mask", "8", "--mixup-rate", "0.5"]
     done = run_killing_a_worker(

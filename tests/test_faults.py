@@ -24,9 +24,8 @@ import zarr
 
 from faults import (REPO, after_change, after_chunks, chunk_markers, cli, fill_disk, kill_and_rerun, mtime_ns,
                     run_to_end, set_writable, small_disk, stage_env, without_permission_override)
-from pipeline.config import FeatureConfig, Normalization
-from pipeline.models.checkpoint import read_checkpoint, save_checkpoint
-from pipeline.models.factory import build_model
+from pipeline.config import FeatureConfig
+from pipeline.models.checkpoint import read_checkpoint
 from pipeline.parallel import StageTasksFailed
 from pipeline.stores import logits_store as ls
 from pipeline.stores.chunks import StoreError
@@ -114,21 +113,10 @@ def test_killed_feature_stage_resumes_to_the_same_store(tmp_path, corpus, refere
     assert (resumed.mean, resumed.std) == (uninterrupted.mean, uninterrupted.std)
 
 
-def save_teacher(path: Path, store: FeatureStore) -> Path:
-    """A random tiny AST with weights large enough that its logits clearly depend on the input."""
-    torch.manual_seed(0)
-    model = build_model(TINY_AST, store.n_classes, CONFIG.num_mel_bins, CONFIG.target_frames)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.5)
-    return save_checkpoint(path, model, feature_config=CONFIG.to_dict(),
-                           normalization=Normalization(store.mean, store.std, 2.0).to_dict(),
-                           vocabulary=store.vocabulary)
-
-
 @pytest.mark.slow
-def test_killed_teacher_logits_stage_resumes_to_the_same_store(tmp_path, reference, scheduler):
-    teacher = save_teacher(tmp_path / "teacher.pt", FeatureStore(reference))
+def test_killed_teacher_logits_stage_resumes_to_the_same_store(tmp_path, reference, scheduler, random_teacher):
+    teacher = tmp_path / "teacher.pt"
+    random_teacher(teacher, FeatureStore(reference), TINY_AST)  # a random tiny AST
     expected = tmp_path / "reference-logits.zarr"
     run_teacher_logits(reference, teacher, expected, **VIEWS, chunk_clips=1, batch_size=4, device="cpu",
                        scheduler=scheduler, progress=False)

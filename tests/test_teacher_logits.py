@@ -27,8 +27,6 @@ from pipeline.augment import ViewSpec
 from pipeline.config import FeatureConfig, Normalization
 from pipeline.features import normalize
 from pipeline.metrics import summarize
-from pipeline.models.checkpoint import save_checkpoint
-from pipeline.models.factory import build_model
 from pipeline.stores import logits_store as ls
 from pipeline.stores.chunk_cache import ChunkCache
 from pipeline.stores.chunks import StoreError, pending_chunks
@@ -37,6 +35,7 @@ from pipeline.views import ViewBuilder
 from stages.features import run_features
 from stages.teacher_logits import inspect_logits, run_teacher_logits
 
+from conftest import save_random_model
 from faults import cli, kill_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,17 +61,10 @@ def tiny_clips(make_tone, n: int = 24, multilabel: bool = False) -> list[dict]:
 
 
 def save_teacher(path: Path, store: FeatureStore, seed: int = 0) -> tuple[torch.nn.Module, Normalization]:
-    """A random tiny AST with weights large enough that its outputs depend clearly on the input, saved
-    with a normalisation other than the store's (so using the wrong one shows)."""
-    torch.manual_seed(seed)
-    model = build_model(TINY_AST, store.n_classes, CONFIG.num_mel_bins, CONFIG.target_frames)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.5)
-    norm = Normalization(store.mean + 1.0, store.std * 1.5, 2.0)
-    save_checkpoint(path, model, feature_config=CONFIG.to_dict(), normalization=norm.to_dict(),
-                    vocabulary=store.vocabulary)
-    return model.eval(), norm
+    """A random tiny AST whose outputs depend clearly on the input, saved with a normalisation other
+    than the store's (so using the wrong one shows)."""
+    return save_random_model(path, store, TINY_AST, seed=seed,
+                             normalization=Normalization(store.mean + 1.0, store.std * 1.5, 2.0))
 
 
 def forward(model: torch.nn.Module, x: torch.Tensor, norm: Normalization) -> np.ndarray:
