@@ -8,21 +8,22 @@ PYTHON ?= python3.11
 VENV ?= .venv
 CLI := $(abspath $(VENV))/bin/cmkd-pipe
 DATASET ?= demo
-DATA_ROOT ?= data/$(DATASET)
+DATA_ROOT ?=
 RUN_DIR ?= runs/$(DATASET)
 NPROC ?= 1
 SCHEDULER ?=
 SET ?=
 FOLDS ?=
+PRESET ?=
 JOBS ?= 1
 HUB ?=
 PYTEST_ARGS ?=
 PLAN := $(RUN_DIR)/plan.mk
-PLAN_ARGS = --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) --nproc $(NPROC) \
+PLAN_ARGS = --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --run-dir $(RUN_DIR) --nproc $(NPROC) \
 	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(HUB),--pretrained-from-hub) $(foreach s,$(SET),--set '$(s)') \
-	$(if $(FOLDS),--folds $(FOLDS))
+	$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET))
 
-.PHONY: install test test-all demo cmkd manifest features train teacher-logits train-student report status plan
+.PHONY: install test test-all demo gpu-check cmkd manifest features train teacher-logits train-student report status plan
 
 install: $(VENV)/.installed
 
@@ -62,5 +63,10 @@ manifest features train teacher-logits train-student report: plan
 	OMP_NUM_THREADS=$(THREADS) $(MAKE) -j$(JOBS) -f $(PLAN) stage-$@
 
 status: install
-	$(CLI) status --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set '$(s)') \
-		$(if $(FOLDS),--folds $(FOLDS))
+	$(CLI) status --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set '$(s)') \
+		$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET))
+
+# The prepared GPU check (benchmarks/gpu.py): one JSON of teacher-inference and student-step numbers on the
+# paper-size models; without CUDA a tiny CPU version that only proves it runs.
+gpu-check: install
+	$(VENV)/bin/python -m benchmarks.gpu --out benchmarks/gpu-check.json

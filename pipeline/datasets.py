@@ -33,6 +33,11 @@ PROFILES: dict[str, DatasetProfile] = {
                                         "audioset-balanced", {"splits": ["balanced_train", "eval"]}),
     "audioset-full": DatasetProfile("audioset-full", "audioset", FeatureConfig(target_frames=1024),
                                     "audioset-full", {"splits": ["balanced_train", "unbalanced_train", "eval"]}),
+    # your own corpus (DATA_ROOT: the class folders / the labelled CSV file / the AST datafiles' folder), with the
+    # CPU-sized preset unless PRESET names another (its features.* settings set the front-end)
+    "folder": DatasetProfile("folder", "folder", FeatureConfig(), "cpu-small", folds=(1, 2, 3), n_folds=5),
+    "csv": DatasetProfile("csv", "csv", FeatureConfig(), "cpu-small"),
+    "ast-json": DatasetProfile("ast-json", "ast-json", FeatureConfig(), "cpu-small"),
 }
 
 

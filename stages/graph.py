@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,14 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from data_manifests.digest import audio_digest, index_files
 from pipeline.config import FeatureConfig
 from pipeline.datasets import DatasetProfile, fold_overrides, get_profile, next_fold
-from pipeline.records import (read_failure, read_json, read_record, stage_fingerprint, write_failure,
-                              write_json_atomic, write_record)
+from pipeline.records import (FAILURE_NAME, read_failure, read_json, read_record, stage_fingerprint,
+                              write_failure, write_json_atomic, write_record)
 from pipeline.training.presets import resolve_config, select_arch
 
 FAMILIES = ("cnn", "ast")
 CONFIG_NAME = "config.json"
+PREVIOUS = "previous"  # a stale stage's last outputs, kept until its next rerun
 # Training settings that cannot change a result: never part of a stage's identity.
 RUNTIME_TRAIN_KEYS = (("train", "compile"), ("train", "checkpoint_every_steps"))
 
@@ -79,6 +82,8 @@ class RunOptions:
     folds: list[int] | None = None  # test folds to run (default: the profile's)
     val_on_test: bool = False  # the official ESC-50 recipe: validate (choose the best epoch) on the test fold
     jobs: int = 1  # stages run at the same time by `run`
+    preset: str | None = None  # training preset (name or YAML file) instead of the dataset's default
+    clean: bool = False  # delete a rerun stage's previous outputs once it succeeds (default: keep one generation)
 
 
 def groups(profile: DatasetProfile, folds: list[int] | None = None,
@@ -105,7 +110,8 @@ def plan(options: RunOptions) -> list[Stage]:
     """Every stage of the CMKD experiment for the dataset, in a valid execution order."""
     profile = get_profile(options.dataset)
     run = options.run_dir
-    preset = resolve_config(profile.preset, options.overrides)
+    preset_name = options.preset or profile.preset
+    preset = resolve_config(preset_name, options.overrides)
     dask = {"scheduler": options.scheduler, "workers": options.workers}
     device = {"device": options.device}
     manifest_dir, store = str(run / "manifest" / "manifest"), str(run / "features" / "features.zarr")
@@ -119,8 +125,9 @@ def plan(options: RunOptions) -> list[Stage]:
               outputs=["features/features.zarr", "features/bad_clips.csv"]),
     ]
     for group, data_overrides in groups(profile, options.folds, options.val_on_test):
-        config = resolve_config(profile.preset, [*options.overrides, *data_overrides])
-        train = {"pretrained_from_hub": options.pretrained_from_hub, **device}
+        config = resolve_config(preset_name, [*options.overrides, *data_overrides])
+        train = {"pretrained_from_hub": options.pretrained_from_hub, **device,
+                 "extra": {"preset": preset_name, "overrides": [*options.overrides, *data_overrides]}}
         for fam in FAMILIES:
             name = f"{group}/train-{fam}"
             stages.append(_train_stage(name, fam, config, store, run, train, labels={"group": group, "model": fam}))
@@ -198,6 +205,16 @@ def input_fingerprints(stage: Stage, run_dir: Path) -> dict[str, str]:
     return out
 
 
+def evidence(stage: Stage) -> dict[str, str]:
+    """What the stage read from outside the run folder, as it is now: the corpus' index files (manifest)
+    and the audio files' sizes and times (features). Kept in the record; a difference makes it stale."""
+    if stage.kind == "manifest":
+        return index_files(stage.params["data_root"])
+    if stage.kind == "features" and (Path(stage.io["manifest"]) / "manifest.json").is_file():
+        return {"audio files (size, time)": audio_digest(stage.io["manifest"])}
+    return {}
+
+
 def state(stage: Stage, run_dir: Path) -> tuple[str, str]:
     """(status, detail): done | stale | failed | incomplete | not started."""
     folder = run_dir / stage.name
@@ -206,6 +223,10 @@ def state(stage: Stage, run_dir: Path) -> tuple[str, str]:
     if record is not None:
         inputs = input_fingerprints(stage, run_dir)
         if record["fingerprint"] == stage_fingerprint(stage.kind, stage.identity(), inputs):
+            seen, now = record.get("evidence", {}), evidence(stage)
+            edited = sorted(k for k in set(seen) | set(now) if seen.get(k) != now.get(k))
+            if edited:
+                return "stale", f"input changed: {', '.join(edited[:4])}" + (" …" if len(edited) > 4 else "")
             return "done", f"{record['seconds']:.1f} s"
         changed = _changed_keys(record.get("config"), stage.identity())
         if changed:
@@ -214,7 +235,7 @@ def state(stage: Stage, run_dir: Path) -> tuple[str, str]:
         return "stale", f"input changed: {', '.join(moved) or 'code'}"
     if failure is not None:
         return "failed", f"{failure['error']} (log: {failure['log']})"
-    if folder.exists() and any(p.name != CONFIG_NAME for p in folder.iterdir()):
+    if folder.exists() and any(p.name not in (CONFIG_NAME, PREVIOUS) for p in folder.iterdir()):
         return "incomplete", "started, not finished (killed or running)"
     return "not started", ""
 
@@ -251,31 +272,68 @@ class StageFailed(RuntimeError):
     pass
 
 
-def run_stage(stage: Stage, run_dir: Path, options: RunOptions, threads: int | None = None) -> dict[str, Any]:
-    """Run one stage from its config.json as a subprocess, then write its record (or its failure note)."""
+def run_stage(stage: Stage, run_dir: Path, options: RunOptions, threads: int | None = None,
+              on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run one stage from its config.json as a subprocess, then write its record (or its failure note).
+    A stale stage's earlier outputs move to `previous/` (one generation) instead of being deleted."""
     folder = run_dir / stage.name
     folder.mkdir(parents=True, exist_ok=True)
-    if read_record(folder) is not None:  # stale: its previous outputs must not be resumed from
-        _clear(folder)
+    set_aside = read_record(folder) is not None  # stale: its outputs must not be resumed from
+    if set_aside:
+        _set_aside(folder)
     inputs = input_fingerprints(stage, run_dir)
     missing = [dep for dep, fp in inputs.items() if fp == "missing"]
     if missing:
         raise StageFailed(f"{stage.name}: dependencies not done: {', '.join(missing)}")
     write_config_file(stage, run_dir)
+    (folder / FAILURE_NAME).unlink(missing_ok=True)  # a run killed from now on shows as incomplete
     log = folder / "log.txt"
     command = _command(stage, folder, options)
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {**os.environ, "CMKD_PIPE_TRACEBACK": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     started = time.time()
     with open(log, "ab") as handle:
         handle.write(f"\n$ {' '.join(command)}\n".encode())
         handle.flush()
-        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        code = _call_logged(command, env, handle, on_progress)
     if code != 0:
-        error = _last_error(log) or f"exit code {code}"
+        error = describe_exit(code, log)
+        if set_aside:
+            _restore_if_untouched(folder)
         write_failure(folder, stage=stage.name, error=error, log=str(log))
         raise StageFailed(f"{stage.name} failed: {error} (full log: {log})")
+    if options.clean:
+        shutil.rmtree(folder / PREVIOUS, ignore_errors=True)
     return write_record(folder, stage=stage.kind, config=stage.identity(), inputs=inputs, outputs=stage.outputs,
-                        started=started, finished=time.time(), extra={"labels": stage.labels})
+                        started=started, finished=time.time(),
+                        extra={"labels": stage.labels, "evidence": evidence(stage)})
+
+
+def _call_logged(command: list[str], env: dict[str, str], log, on_progress: Callable[[str], None] | None) -> int:
+    """Run `command`, writing its output to `log` one line per update: progress bars redraw a line with
+    carriage returns, which become line ends here, so a log holds no half-drawn frames."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    pending = b""
+    for block in iter(lambda: process.stdout.read1(65536), b""):
+        pending += block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                log.write(line + b"\n")
+                if on_progress:
+                    on_progress(line.decode(errors="replace"))
+        log.flush()
+    if pending.strip():
+        log.write(pending + b"\n")
+    return process.wait()
+
+
+def describe_exit(code: int, log: Path) -> str:
+    """What ended a stage: the signal that killed it, else its error line, else its exit code."""
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else "?"
+        hint = " (killed: by a user, a scheduler or the out-of-memory killer)" if -code == signal.SIGKILL else ""
+        return f"killed by signal {-code} ({name}){hint}"
+    return _last_error(log) or f"exit code {code}"
 
 
 def _command(stage: Stage, folder: Path, options: RunOptions) -> list[str]:
@@ -287,18 +345,36 @@ def _command(stage: Stage, folder: Path, options: RunOptions) -> list[str]:
 
 
 def _last_error(log: Path) -> str:
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    """The last error line of the stage's latest run in its log (never a progress-bar frame)."""
+    text = log.read_text(errors="replace")
+    lines = [line.strip() for line in text[text.rfind("\n$ ") + 1:].splitlines()[1:] if line.strip()]
     for line in reversed(lines):
         if line.startswith("error:") or "Error" in line.split(":")[0]:
             return line
-    return lines[-1] if lines else ""
+    return ""
 
 
-def _clear(folder: Path) -> None:
-    for item in folder.iterdir():
-        if item.name in (CONFIG_NAME, "log.txt"):
-            continue
-        shutil.rmtree(item) if item.is_dir() else item.unlink()
+def _restore_if_untouched(folder: Path) -> None:
+    """A stale rerun that failed before writing any output (a typo'd path, a bad setting): put the previous
+    outputs and record back, so nothing is lost and nothing downstream reruns. A rerun that wrote outputs
+    keeps them for its resume; the previous generation stays in `previous/`."""
+    if any(item.name not in (CONFIG_NAME, "log.txt", PREVIOUS, FAILURE_NAME) for item in folder.iterdir()):
+        return
+    previous = folder / PREVIOUS
+    for item in previous.iterdir():
+        os.replace(item, folder / item.name)
+    previous.rmdir()
+
+
+def _set_aside(folder: Path) -> None:
+    """Move a stale stage's outputs into `previous/` (replacing an older generation there)."""
+    previous = folder / PREVIOUS
+    if previous.exists():
+        shutil.rmtree(previous)
+    items = [item for item in folder.iterdir() if item.name not in (CONFIG_NAME, "log.txt", PREVIOUS)]
+    previous.mkdir()
+    for item in items:
+        os.replace(item, previous / item.name)
 
 
 def select(stages: list[Stage], until: str | None = None, only: str | None = None) -> list[Stage]:
@@ -333,8 +409,8 @@ def run(options: RunOptions, until: str | None = None, only: str | None = None,
     for stage in stages:
         write_config_file(stage, run_dir)
     write_json_atomic(run_dir / "run.json", {"dataset": options.dataset, "data_root": str(options.data_root),
-                                             "overrides": options.overrides, "folds": options.folds,
-                                             "val_on_test": options.val_on_test})
+                                             "preset": options.preset, "overrides": options.overrides,
+                                             "folds": options.folds, "val_on_test": options.val_on_test})
     chosen = select(stages, until, only)
     todo: list[tuple[Stage, str]] = []
     for stage in chosen:
@@ -363,7 +439,8 @@ def _run_ready(todo: list[tuple[Stage, str]], run_dir: Path, options: RunOptions
                 stage, status = ready.pop(0)
                 pending.remove((stage, status))
                 echo(f"▶ {stage.name} ({status})")
-                running[pool.submit(run_stage, stage, run_dir, options, threads)] = (stage, status)
+                live = _live_line(stage.name) if jobs == 1 else None
+                running[pool.submit(run_stage, stage, run_dir, options, threads, live)] = (stage, status)
             if not running:
                 break
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -379,6 +456,18 @@ def _run_ready(todo: list[tuple[Stage, str]], run_dir: Path, options: RunOptions
     if failures:
         raise failures[0]
     return ran
+
+
+def _live_line(name: str) -> Callable[[str], None] | None:
+    """On a terminal, the running stage's latest output line, redrawn in place."""
+    if not sys.stderr.isatty():
+        return None
+    width = shutil.get_terminal_size().columns - 1
+
+    def show(line: str) -> None:
+        sys.stderr.write(f"\r\033[K  {name}: {line.strip()}"[:width] + "\r")
+        sys.stderr.flush()
+    return show
 
 
 def _touch(path: Path, inputs: list[Path]) -> None:
@@ -427,6 +516,7 @@ def make_rules(options: RunOptions, cli: str) -> str:
             + " ".join(f"--set '{item}'" for item in options.overrides)
             + (f" --folds {','.join(map(str, options.folds))}" if options.folds else "")
             + (" --val-on-test" if options.val_on_test else "")
+            + (f" --preset {options.preset}" if options.preset else "")
             + (f" --nproc {options.nproc}" if options.nproc > 1 else "")
             + (f" --scheduler {options.scheduler}" if options.scheduler else "")
             + (" --pretrained-from-hub" if options.pretrained_from_hub else ""))

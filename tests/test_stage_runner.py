@@ -132,3 +132,134 @@ def test_feature_command_and_graph_reach_the_stage_the_same_way(tmp_path, record
     run_from_file(stages_["features"], tmp_path / "run")
     _, from_graph = recorder["features"]
     assert from_cli["config"] == from_graph["config"] and from_cli["chunk_clips"] == from_graph["chunk_clips"]
+
+
+# ----------------------------------------------------------------------------- failures and reruns
+def _fake_stage(tmp_path: Path, monkeypatch, script: str):
+    """The report stage of a demo plan, run by `python -c script` instead of the real command."""
+    import sys
+
+    from stages import graph
+
+    monkeypatch.setattr(graph, "_command", lambda stage, folder, options: [sys.executable, "-c", script])
+    options = RunOptions("demo", tmp_path / "run", tmp_path / "data", folds=[1])
+    stage = next(s for s in plan(options) if s.name == "report")
+    stage.deps = []
+    return graph, options, stage
+
+
+def test_a_killed_stage_is_recorded_as_killed_and_its_log_has_no_frames(tmp_path, monkeypatch):
+    script = ("import os, signal, sys; sys.stdout.write('step 1/4\\rstep 2/4\\rstep 3/4\\n'); sys.stdout.flush(); "
+              "os.kill(os.getpid(), signal.SIGKILL)")
+    graph, options, stage = _fake_stage(tmp_path, monkeypatch, script)
+    with pytest.raises(graph.StageFailed, match="killed by signal 9 \\(SIGKILL\\)"):
+        graph.run_stage(stage, options.run_dir, options)
+    failure = json.loads((options.run_dir / "report" / "failed.json").read_text())
+    assert failure["error"].startswith("killed by signal 9")
+    log = (options.run_dir / "report" / "log.txt").read_text()
+    assert "\r" not in log and "step 1/4\nstep 2/4\nstep 3/4\n" in log
+    assert graph.state(stage, options.run_dir)[0] == "failed"
+
+
+def test_an_error_line_is_the_failure_not_a_progress_frame(tmp_path, monkeypatch):
+    script = "import sys; print('error: /data/x.wav: no such file'); print('50%|#####', end='\\r'); sys.exit(1)"
+    graph, options, stage = _fake_stage(tmp_path, monkeypatch, script)
+    with pytest.raises(graph.StageFailed):
+        graph.run_stage(stage, options.run_dir, options)
+    failure = json.loads((options.run_dir / "report" / "failed.json").read_text())
+    assert failure["error"] == "error: /data/x.wav: no such file"
+
+
+def test_a_stale_rerun_that_fails_at_once_loses_nothing(tmp_path, monkeypatch):
+    graph, options, stage = _fake_stage(tmp_path, monkeypatch, "import sys; sys.exit('error: bad data root')")
+    folder = options.run_dir / "report"
+    folder.mkdir(parents=True)
+    (folder / "report.md").write_text("the earlier report")
+    write_record(folder, stage="report", config={"old": True}, inputs={}, outputs=[], started=0, finished=1)
+    before = (folder / "stage.json").read_text()
+    with pytest.raises(graph.StageFailed):
+        graph.run_stage(stage, options.run_dir, options)
+    assert (folder / "report.md").read_text() == "the earlier report" and (folder / "stage.json").read_text() == before
+    assert not (folder / "previous").exists()
+    assert graph.state(stage, options.run_dir)[0] == "stale"
+
+
+def test_a_stale_rerun_keeps_the_previous_outputs_aside(tmp_path, monkeypatch):
+    graph, options, stage = _fake_stage(tmp_path, monkeypatch, "print('ok')")
+    folder = options.run_dir / "report"
+    folder.mkdir(parents=True)
+    (folder / "report.md").write_text("the earlier report")
+    write_record(folder, stage="report", config={"old": True}, inputs={}, outputs=[], started=0, finished=1)
+    graph.run_stage(stage, options.run_dir, options)
+    assert (folder / "previous" / "report.md").read_text() == "the earlier report"
+    assert graph.state(stage, options.run_dir)[0] == "done"
+    write_record(folder, stage="report", config={"old": True}, inputs={}, outputs=[], started=0, finished=1)
+    options.clean = True
+    graph.run_stage(stage, options.run_dir, options)
+    assert not (folder / "previous").exists()
+
+
+# ----------------------------------------------------------------------------- what makes a stage stale
+@pytest.fixture
+def built(tmp_path):
+    """A demo-profile run whose manifest and feature stages are recorded done over a tiny corpus on disk."""
+    from data_manifests.demo import make_demo_corpus
+    from stages import graph
+
+    data = tmp_path / "data"
+    make_demo_corpus(data, clips_per_class=3, n_folds=3, clip_seconds=1.0)
+    options = RunOptions("demo", tmp_path / "run", data, folds=[1])
+    stages_ = {s.name: s for s in plan(options)}
+    stage_runner.run("manifest", stages_["manifest"].params, stages_["manifest"].io, {})
+    for name in ("manifest", "features"):
+        stage = stages_[name]
+        write_record(options.run_dir / name, stage=stage.kind, config=stage.identity(),
+                     inputs=input_fingerprints(stage, options.run_dir), outputs=[], started=0, finished=1,
+                     extra={"evidence": graph.evidence(stage)})
+    return options
+
+
+def statuses(options: RunOptions) -> dict[str, tuple[str, str]]:
+    from stages.graph import status_rows
+
+    return {row["stage"]: (row["status"], row["detail"]) for row in status_rows(options)}
+
+
+def test_a_path_typed_another_way_leaves_stages_done(built, monkeypatch):
+    monkeypatch.chdir(built.data_root.parent)
+    for root in (Path("data"), Path("./data/../data"), built.data_root.resolve()):
+        same = RunOptions("demo", built.run_dir, root, folds=[1])
+        shown = statuses(same)
+        assert shown["manifest"][0] == shown["features"][0] == "done", shown["manifest"]
+
+
+def test_an_edited_index_file_makes_the_manifest_and_what_follows_stale(built):
+    clips = built.data_root / "manifest" / "clips.csv"
+    clips.write_text(clips.read_text().replace("train", "train", 1) + "\n")
+    shown = statuses(built)
+    assert shown["manifest"] == ("stale", "input changed: manifest/clips.csv")
+    assert shown["features"] == ("stale", "input is stale: manifest")
+
+
+def test_an_edited_audio_file_makes_the_features_stale(built):
+    import os
+
+    wav = next((built.data_root / "audio").rglob("*.wav"))
+    os.utime(wav, ns=(wav.stat().st_atime_ns, wav.stat().st_mtime_ns + 10**9))
+    shown = statuses(built)
+    assert shown["manifest"][0] == "done"
+    assert shown["features"] == ("stale", "input changed: audio files (size, time)")
+
+
+def test_status_reuses_the_arguments_of_the_last_run(built, tmp_path):
+    """`status` typed without --data-root / --set / --preset means the run as it was last run."""
+    from pipeline.records import write_json_atomic
+
+    write_json_atomic(built.run_dir / "run.json", {"dataset": "demo", "data_root": str(built.data_root),
+                                                   "preset": None, "overrides": ["train.seed=3"], "folds": [1],
+                                                   "val_on_test": False})
+    result = CliRunner().invoke(app, ["status", "--run-dir", str(built.run_dir)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines()}
+    assert "done" in rows["manifest"] and "done" in rows["features"]
+    assert "fold-2/train-cnn" not in rows  # the recorded folds
