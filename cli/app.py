@@ -137,11 +137,8 @@ def train_student_cmd(logits: Annotated[Optional[Path], typer.Option(help="cache
 
     if (logits is None) == (teacher is None):
         fail(ValueError("give exactly one of --logits STORE (cached teacher) or --teacher CKPT (online teacher)"))
-    defaults = student_defaults(logits, teacher)
-    defaults.features = features or defaults.features
+    defaults = student_defaults(logits, teacher, features, preset)
     defaults.model = model or defaults.model
-    if preset:
-        defaults.preset, defaults.overrides = preset, []
     defaults.overrides += list(set_)
     defaults.out = out or defaults.out.with_name(f"student-{defaults.model}-from-{defaults.teacher_family}")
     typer.echo(defaults.describe())
