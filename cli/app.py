@@ -12,7 +12,8 @@ from cli.common import ErrorBoundary, fail, print_json
 app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CNN/Transformer cross-model knowledge distillation for audio classification.")
 
-Scheduler = Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786); "
+Scheduler = Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786), or 'synchronous' "
+                                                       "(every task in this process, for tiny corpora); "
                                                        "default: a LocalCluster on this machine")]
 Workers = Annotated[Optional[int], typer.Option(help="LocalCluster workers (default: number of cores)")]
 
@@ -31,7 +32,7 @@ def demo_data(out_dir: Path,
 
 
 @app.command("manifest")
-def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset | folder | csv | ast-json")],
+def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset | folder | csv | ast-json | demo")],
              root: Annotated[Path, typer.Argument(help="dataset root as downloaded (csv: the csv file)")],
              out: Annotated[Path, typer.Option(help="manifest folder to write")],
              option: Annotated[list[str], typer.Option("--option", "-o", help="builder option KEY=VALUE")] = []) -> None:
@@ -90,7 +91,8 @@ def _train_command(features: Path, model: str, out: Path, preset: str, overrides
          "teacher": "logits" if logits else "checkpoint" if teacher else None},
         {"features": str(features), "out": str(out), **teacher_io},
         {"resume": resume, "weights": str(weights) if weights else None, "new_head": new_head,
-         "device": device, "pretrained_from_hub": pretrained_from_hub, "extra": {"preset": preset}})
+         "device": device, "pretrained_from_hub": pretrained_from_hub,
+         "extra": {"preset": preset, "overrides": list(overrides)}})
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports
     metric = results["metric"]
@@ -115,18 +117,33 @@ def train_cmd(features: Annotated[Path, typer.Option(help="feature store (.zarr)
 
 
 @app.command("train-student")
-def train_student_cmd(features: Annotated[Path, typer.Option(help="feature store (.zarr)")],
-                      out: Annotated[Path, typer.Option(help="run folder")],
-                      logits: Annotated[Optional[Path], typer.Option(help="cached teacher logits (stage one output)")] = None,
+def train_student_cmd(logits: Annotated[Optional[Path], typer.Option(help="cached teacher logits (stage one output)")] = None,
                       teacher: Annotated[Optional[Path], typer.Option(help="reference mode: online frozen teacher checkpoint")] = None,
-                      model: Model = "cnn", preset: Preset = "demo", set_: Set = [],
-                      resume: bool = False, weights: Optional[Path] = None, new_head: bool = False,
+                      features: Annotated[Optional[Path], typer.Option(help="feature store (default: the one the "
+                                                                            "logits were computed on)")] = None,
+                      out: Annotated[Optional[Path], typer.Option(help="run folder (default: student-MODEL-from-"
+                                                                       "TEACHER beside the store)")] = None,
+                      model: Annotated[Optional[str], typer.Option(help="cnn | ast | timm:NAME (default: the other "
+                                                                        "family than the teacher's)")] = None,
+                      preset: Annotated[Optional[str], typer.Option(help="training preset (default: the teacher's, "
+                                                                         "with its overrides)")] = None,
+                      set_: Set = [], resume: bool = False, weights: Optional[Path] = None, new_head: bool = False,
                       pretrained_from_hub: bool = False, device: Optional[str] = None) -> None:
-    """Train a student with the CMKD loss against cached teacher logits (or an online teacher)."""
+    """Train a student with the CMKD loss against cached teacher logits (or an online teacher).
+
+    `cmkd-pipe train-student --logits store.zarr` is enough: the feature store, recipe and model family come
+    from the store's provenance; every default is printed at the start and any flag overrides it."""
+    from pipeline.training.student_defaults import student_defaults
+
     if (logits is None) == (teacher is None):
         fail(ValueError("give exactly one of --logits STORE (cached teacher) or --teacher CKPT (online teacher)"))
-    _train_command(features, model, out, preset, set_, resume, weights, new_head, pretrained_from_hub, device,
-                   logits=logits, teacher=teacher)
+    defaults = student_defaults(logits, teacher, features, preset)
+    defaults.model = model or defaults.model
+    defaults.overrides += list(set_)
+    defaults.out = out or defaults.out.with_name(f"student-{defaults.model}-from-{defaults.teacher_family}")
+    typer.echo(defaults.describe())
+    _train_command(defaults.features, defaults.model, defaults.out, defaults.preset, defaults.overrides, resume,
+                   weights, new_head, pretrained_from_hub, device, logits=logits, teacher=teacher)
 
 
 @app.command("evaluate")

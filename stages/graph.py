@@ -126,7 +126,8 @@ def plan(options: RunOptions) -> list[Stage]:
     ]
     for group, data_overrides in groups(profile, options.folds, options.val_on_test):
         config = resolve_config(preset_name, [*options.overrides, *data_overrides])
-        train = {"pretrained_from_hub": options.pretrained_from_hub, **device}
+        train = {"pretrained_from_hub": options.pretrained_from_hub, **device,
+                 "extra": {"preset": preset_name, "overrides": [*options.overrides, *data_overrides]}}
         for fam in FAMILIES:
             name = f"{group}/train-{fam}"
             stages.append(_train_stage(name, fam, config, store, run, train, labels={"group": group, "model": fam}))

@@ -3,19 +3,18 @@
     cmkd-pipe run --dataset fsd50k --data-root ... --run-dir RUN --until main/logits-ast --set ...
         (manifest → features → AST teacher → its logit store: the stages `make teacher-logits` runs
         for the AST, without the Make layer and the CNN teacher, which would triple the run time)
-    cmkd-pipe train-student --features RUN/features/features.zarr --logits RUN/main/logits-ast/logits.zarr
-        --model cnn --preset fsd50k --set ...
+    cmkd-pipe train-student --logits RUN/main/logits-ast/logits.zarr
+        (the design card's command as written: features, recipe and student family from provenance)
 
 16 multi-label clips (8 train, 4 val, 4 eval; 4 classes), the fsd50k profile's real front-end
 (128 bins x 1024 frames) and the fsd50k preset shrunk through --set: one epoch, batch 4,
-EfficientNet-B0, a one-block AST with stride 16, no downloads. The Dask stages share this module's
-LocalCluster (--scheduler), so worker start-up is paid once.
+EfficientNet-B0, a one-block AST with stride 16, no downloads. The chunked stages run synchronously
+(--scheduler synchronous: no worker start-up in each stage's process).
 """
 from __future__ import annotations
 
 import csv
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,8 @@ from typer.testing import CliRunner
 from cli.app import app
 from pipeline.stores.feature_store import FeatureStore
 from pipeline.stores.logits_store import LogitsStore
+
+pytestmark = pytest.mark.slow  # end to end: stage subprocesses on the fsd50k front-end (128 x 1024)
 
 VOCABULARY = [("Bark", "/m/05tny_"), ("Meow", "/m/07qrkrw"), ("Crash", "/m/0_ksk"), ("Drip", "/m/07pqc89")]
 TONES = (300.0, 900.0, 2500.0, 6000.0)  # one tone per class; a clip sums the tones of its labels
@@ -66,15 +67,6 @@ def write_fsd50k(root: Path) -> None:
     for name, rows in (("dev.csv", dev), ("eval.csv", evaluation)):
         with open(truth / name, "w", newline="") as f:
             csv.writer(f).writerows(rows)
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> str:
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +113,14 @@ def test_run_until_the_ast_logits_builds_the_fsd50k_stages(flow):
 
 def test_cnn_student_from_the_ast_logits_reports_map(flow):
     run = flow["run"]
-    out = run / "main" / "kd-cnn"
-    result = CliRunner().invoke(app, ["train-student", "--features", str(run / "features" / "features.zarr"),
-                                      "--logits", str(run / "main" / "logits-ast" / "logits.zarr"), "--model", "cnn",
-                                      "--preset", "fsd50k", "--out", str(out), *[f"--set={s}" for s in TINY]])
+    store = run / "main" / "logits-ast" / "logits.zarr"
+    result = CliRunner().invoke(app, ["train-student", "--logits", str(store)])  # as the design card writes it
     assert result.exit_code == 0, result.output
-    assert f"cnn on {run / 'features' / 'features.zarr'}: test mAP last " in result.stdout
+    out = run / "main" / "logits-ast" / "student-cnn-from-ast"
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("student cnn ← ast teacher; features ") and "preset fsd50k" in first
+    assert f"out {out}" in first and all(item in first for item in TINY)
+    assert f"cnn on {(run / 'features' / 'features.zarr').resolve()}: test mAP last " in result.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["metric"] == "mAP" and results["multilabel"] is True and results["n_test"] == 4
     assert 0.0 <= results["last"]["mAP"] <= 1.0 and results["last"]["n_classes_without_positives"] == 0

@@ -30,9 +30,10 @@ from pipeline.config import Normalization
 from pipeline.features import normalize
 from pipeline.models.checkpoint import check_compatible, load_checkpoint
 from pipeline.predict import model_logits, probabilities
+from pipeline.stores.chunk_cache import ChunkCache
 from pipeline.stores.feature_store import FeatureStore
 from pipeline.stores.logits_store import LogitsStore
-from pipeline.training.batches import Batch, ChunkCache
+from pipeline.training.batches import Batch
 from pipeline.training.distributed import DistInfo, predict_rows
 from pipeline.views import ViewBuilder
 
