@@ -3,7 +3,8 @@
 A logits store records its feature store and its teacher checkpoint; the teacher checkpoint records the
 preset and overrides it was trained with (and its feature store). So the student gets the same feature
 store, the same recipe, the recipe's first model family other than the teacher's (cross-model distillation
-is the method) and a run folder beside the store, each overridable by its flag.
+is the method) and a run folder
+beside the store, each overridable by its flag.
 """
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ class StudentDefaults:
                 f"preset {self.preset} (overrides: {overrides}); out {self.out}")
 
 
-def student_defaults(logits: Path | None, teacher: Path | None) -> StudentDefaults:
-    """Defaults from a logits store (cached teacher) or a teacher checkpoint (online teacher)."""
+def student_defaults(logits: Path | None, teacher: Path | None, features: Path | None = None,
+                     preset: str | None = None) -> StudentDefaults:
+    """Defaults from a logits store (cached teacher) or a teacher checkpoint (online teacher); `features` and
+    `preset` where the user gave them (a given preset comes without the teacher's overrides)."""
     from pipeline.models.checkpoint import read_checkpoint
     from pipeline.models.registry import configured_families, family_names, family_of_arch
     from pipeline.training.presets import resolve_config
@@ -36,12 +39,12 @@ def student_defaults(logits: Path | None, teacher: Path | None) -> StudentDefaul
     if logits is not None:
         attrs = _store_attrs(logits)
         checkpoint = Path(attrs["teacher"]["checkpoint"])
-        features = Path(attrs["feature_store"])
+        features = features or Path(attrs["feature_store"])
         teacher_arch = attrs["teacher"].get("arch") or attrs["teacher"]["model_config"].get("arch", "")
         out_base = Path(logits)
     else:
         checkpoint = Path(teacher)
-        features, teacher_arch, out_base = None, "", checkpoint.parent
+        teacher_arch, out_base = "", checkpoint.parent
     meta: dict[str, Any] = {}
     if checkpoint.is_file():
         meta = read_checkpoint(checkpoint)
@@ -51,14 +54,14 @@ def student_defaults(logits: Path | None, teacher: Path | None) -> StudentDefaul
     if features is None:
         raise ValueError(f"{checkpoint}: the teacher checkpoint does not record its feature store; pass --features")
     teacher_family = family_of_arch(teacher_arch).name if teacher_arch else ""
-    preset = extra.get("preset")
+    overrides = [] if preset else list(extra.get("overrides") or [])
+    preset = preset or extra.get("preset")
     if not preset:
         raise ValueError(f"{checkpoint}: the teacher checkpoint does not record its training preset; pass --preset "
                          "(and --set for its overrides)")
-    overrides = list(extra.get("overrides") or [])
     try:
         families = configured_families(resolve_config(preset, overrides))
-    except ValueError:  # the recipe no longer resolves here: the run itself reports why, unless --preset replaces it
+    except ValueError:  # the recipe does not resolve here: the run itself reports why
         families = family_names()
     model = next((f for f in families if f != teacher_family), families[0])
     return StudentDefaults(features, model, preset, overrides,
