@@ -3,8 +3,7 @@
 A logits store records its feature store and its teacher checkpoint; the teacher checkpoint records the
 preset and overrides it was trained with (and its feature store). So the student gets the same feature
 store, the same recipe, the recipe's first model family other than the teacher's (cross-model distillation
-is the method) and a run folder
-beside the store, each overridable by its flag.
+is the method) and a run folder beside the store, each overridable by its flag.
 """
 from __future__ import annotations
 
