@@ -82,7 +82,7 @@ def run_teacher_logits(features: str | os.PathLike, checkpoint: str | os.PathLik
         raise ValueError(f"--out {out} is the feature store itself; choose another path for the logits store")
     with store_lock(out, "teacher-logits"):
         if prepare_output(out, ls.SCHEMA, overwrite, "teacher-logits"):
-            group = ls.open_for_writing(out, ls.provenance(store, teacher, spec.to_dict()))
+            group = ls.open_for_writing(out, ls.provenance(store, teacher, spec.to_dict()), store)
         else:
             group = ls.create_logits_store(out, store, teacher, spec.to_dict(), chunk_clips or store.chunk_clips)
         return _run_locked(group, store, out, features, teacher, spec, mix_mode, batch_size, scheduler,

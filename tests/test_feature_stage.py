@@ -183,7 +183,7 @@ def test_a_foreign_folder_or_file_is_refused_even_with_overwrite(tmp_path, tiny_
     folder.mkdir()
     (folder / "thesis.tex").write_text("mine")
     for overwrite in (False, True):
-        with pytest.raises(StoreError, match="exists and is a folder that is not a store of this kind.*"
+        with pytest.raises(StoreError, match="exists and is not a features store.*"
                                              "choose another --out.*nothing was changed"):
             run_features(tiny_corpus, folder, config=CONFIG, overwrite=overwrite, progress=False)
     assert (folder / "thesis.tex").read_text() == "mine"

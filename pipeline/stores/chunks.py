@@ -98,9 +98,10 @@ def prepare_output(path: str | os.PathLike, schema: str, overwrite: bool, comman
     found = store_schema(path)
     family = schema.rsplit("/", 1)[0]
     if found is None or found.rsplit("/", 1)[0] != family:
-        kind = f"a {found} store" if found else "a folder that is not a store of this kind"
+        name = family.split("/")[-1]
+        kind = f"a {found} store, not a {name} store" if found else f"not a {name} store"
         raise StoreError(f"{path}: exists and is {kind}; choose another --out for `{command}` "
-                         f"(--overwrite replaces only {family} stores; nothing was changed)")
+                         f"(--overwrite replaces only {name} stores; nothing was changed)")
     if overwrite:
         return False
     if found != schema:

@@ -29,8 +29,7 @@ def feature_fingerprint(manifest_hash: str, feature_config: FeatureConfig) -> st
 def create_feature_store(path: str | os.PathLike, manifest: Manifest, config: FeatureConfig,
                          chunk_clips: int, audio_checks: dict | None = None) -> zarr.Group:
     """Lay out an empty store for `manifest` (metadata, labels, splits); fbank chunks come later."""
-    n, t, f, k = len(manifest), config.target_frames, config.num_mel_bins, len(manifest.vocabulary)
-    clips = manifest.clips
+    n, t, f = len(manifest), config.target_frames, config.num_mel_bins
 
     def build(group: zarr.Group) -> None:
         group.create_array("fbank", shape=(n, t, f), chunks=(chunk_clips, t, f), dtype="float16", fill_value=0)
@@ -39,12 +38,9 @@ def create_feature_store(path: str | os.PathLike, manifest: Manifest, config: Fe
         group.create_array("reason", shape=(n,), chunks=(chunk_clips,), dtype=str)
         group.create_array("chunk_stats", shape=(n_chunks(n, chunk_clips), 3), chunks=(1, 3), dtype="float64",
                            fill_value=0)
-        for name, values, dtype in [("clip_id", clips["clip_id"].to_numpy(str), str),
-                                    ("split", clips["split"].to_numpy(str), str),
-                                    ("fold", clips["fold"].to_numpy(np.int16), "int16"),
-                                    ("weight", clips["weight"].to_numpy(np.float32), "float32")]:
-            group.create_array(name, shape=(n,), chunks=(chunk_clips,), dtype=dtype)[:] = values
-        group.create_array("targets", shape=(n, k), chunks=(chunk_clips, k), dtype="uint8")[:] = manifest.targets()
+        for name, values in manifest_columns(manifest).items():
+            group.create_array(name, shape=values.shape, chunks=(chunk_clips,) + values.shape[1:],
+                               dtype=str if values.dtype.kind == "U" else values.dtype)[:] = values
 
     attrs = {
         "schema": SCHEMA,
@@ -62,6 +58,22 @@ def create_feature_store(path: str | os.PathLike, manifest: Manifest, config: Fe
     return create_store(path, build, attrs, n_chunks(n, chunk_clips))
 
 
+def manifest_columns(manifest: Manifest) -> dict[str, np.ndarray]:
+    """The per-clip arrays copied from the manifest when the store is laid out."""
+    clips = manifest.clips
+    return {"clip_id": clips["clip_id"].to_numpy(str), "split": clips["split"].to_numpy(str),
+            "fold": clips["fold"].to_numpy(np.int16), "weight": clips["weight"].to_numpy(np.float32),
+            "targets": manifest.targets()}
+
+
+def restore_columns(group: zarr.Group, chunks: list[int], columns: dict[str, np.ndarray]) -> None:
+    """Rewrite the laid-out per-clip arrays of damaged chunks before they are redone."""
+    for index in chunks:
+        start, stop = chunk_range(index, int(group.attrs["chunk_clips"]), int(group.attrs["n_clips"]))
+        for name, values in columns.items():
+            group[name][start:stop] = values[start:stop]
+
+
 def open_for_writing(path: str | os.PathLike, manifest: Manifest, config: FeatureConfig,
                      audio_checks: dict | None = None) -> zarr.Group:
     """Open an existing store to resume it, refusing one built from another manifest or config; done
@@ -77,7 +89,7 @@ def open_for_writing(path: str | os.PathLike, manifest: Manifest, config: Featur
     if audio_checks is not None and group.attrs.get("audio_checks") != audio_checks:
         raise StoreError(f"{path}: built with other audio checks ({group.attrs.get('audio_checks')} != "
                          f"{audio_checks}); pass --overwrite to rebuild it or choose another --out")
-    invalidate_damaged(group, path)
+    restore_columns(group, invalidate_damaged(group, path), manifest_columns(manifest))
     return group
 
 

@@ -11,7 +11,7 @@ import zarr
 
 from pipeline.stores.chunks import (StoreError, check_generation, chunk_range, create_store, mark_chunk_done,
                                     n_chunks, open_store, read_strings, require_complete)
-from pipeline.stores.feature_store import FeatureStore, store_root, unreadable_chunk
+from pipeline.stores.feature_store import FeatureStore, restore_columns, store_root, unreadable_chunk
 from pipeline.stores.integrity import (chunk_problems, content_digest, describe, invalidate_damaged, record_chunk,
                                        require_intact)
 from pipeline.version import code_version
@@ -56,7 +56,7 @@ def create_logits_store(path: str | os.PathLike, features: FeatureStore, teacher
     return create_store(path, build, attrs, n_chunks(n, chunk_clips))
 
 
-def open_for_writing(path: str | os.PathLike, expected: dict[str, Any]) -> zarr.Group:
+def open_for_writing(path: str | os.PathLike, expected: dict[str, Any], features: FeatureStore) -> zarr.Group:
     """Reopen a store to resume it; refuse one computed from another teacher, feature store or views.
     Done chunks whose files are missing or altered are marked not done, so the run redoes exactly them."""
     group = open_store(path, SCHEMA, mode="r+")
@@ -64,7 +64,7 @@ def open_for_writing(path: str | os.PathLike, expected: dict[str, Any]) -> zarr.
     if differ:
         raise StoreError(f"{path}: was computed with other {', '.join(differ)}; "
                          "pass --overwrite to recompute it or choose another --out")
-    invalidate_damaged(group, path)
+    restore_columns(group, invalidate_damaged(group, path), {"clip_id": features.clip_ids})
     return group
 
 
