@@ -1,8 +1,9 @@
 """Chunk bookkeeping shared by every chunked store: creation, completion markers, resume.
 
-Contract: a chunk task writes its region of the data arrays, then sets `chunk_done[i] = 1` last.
-A store is created in a temporary folder and renamed into place, so a half-created store is never
-mistaken for one; `complete: true` is set only when every chunk is done.
+Contract: a chunk task writes its region of the data arrays, records its files (integrity.py), then
+sets `chunk_done[i] = 1` last. A store is created in a temporary folder and renamed into place, so a
+half-created store is never mistaken for one; `complete: true` is set only when every chunk is done.
+`prepare_output` decides what an existing --out may be (only our own kind of store is replaced).
 """
 from __future__ import annotations
 
