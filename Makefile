@@ -23,7 +23,7 @@ PLAN_ARGS = --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --r
 	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(HUB),--pretrained-from-hub) $(foreach s,$(SET),--set '$(s)') \
 	$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET))
 
-.PHONY: install test demo cmkd manifest features train teacher-logits train-student report status plan
+.PHONY: install test demo gpu-check cmkd manifest features train teacher-logits train-student report status plan
 
 install: $(VENV)/.installed
 
@@ -57,3 +57,8 @@ manifest features train teacher-logits train-student report: plan
 status: install
 	$(CLI) status --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set '$(s)') \
 		$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET))
+
+# The prepared GPU check (benchmarks/gpu.py): one JSON of teacher-inference and student-step numbers on the
+# paper-size models; without CUDA a tiny CPU version that only proves it runs.
+gpu-check: install
+	$(VENV)/bin/python -m benchmarks.gpu --out benchmarks/gpu-check.json

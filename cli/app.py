@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import fail, print_json
+from cli.common import ErrorBoundary, fail, print_json
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CNN/Transformer cross-model knowledge distillation for audio classification.")
 
 Scheduler = Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786); "
@@ -39,16 +39,12 @@ def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset
     import yaml
 
     from data_manifests.builders import build_manifest
-    from data_manifests.manifest import ManifestError
 
     options = {}
     for item in option:
         key, _, value = item.partition("=")
         options[key.replace("-", "_")] = yaml.safe_load(value)
-    try:
-        built = build_manifest(kind, root, **options)
-    except (ManifestError, FileNotFoundError, ValueError) as error:
-        fail(error)
+    built = build_manifest(kind, root, **options)
     built.save(out)
     typer.echo(f"{len(built)} clips, {len(built.vocabulary)} classes, "
                f"{'multi' if built.multilabel else 'single'}-label → {out}")
@@ -67,20 +63,13 @@ def features(manifest_dir: Annotated[Path, typer.Option("--manifest", help="mani
     """Compute the Kaldi fbank of every clip into a chunked Zarr store (resumable, Dask-parallel)."""
     from cli import stage_runner
     from pipeline.config import FeatureConfig
-    from pipeline.parallel import StageTasksFailed
-    from pipeline.stores.chunks import StoreError
-    from stages.features import TooManyBadClips
-    from data_manifests.manifest import ManifestError
 
-    try:
-        config = FeatureConfig(sample_rate=sample_rate, num_mel_bins=num_mel_bins, frame_length_ms=frame_length_ms,
-                               frame_shift_ms=frame_shift_ms, target_frames=target_frames)
-        summary = stage_runner.features(
-            {"features": config.to_dict(), "chunk_clips": chunk_clips, "max_bad_fraction": max_bad_fraction},
-            {"manifest": str(manifest_dir), "out": str(out)},
-            {"scheduler": scheduler, "workers": workers, "overwrite": overwrite})
-    except (StoreError, ManifestError, TooManyBadClips, StageTasksFailed, ValueError) as error:
-        fail(error)
+    config = FeatureConfig(sample_rate=sample_rate, num_mel_bins=num_mel_bins, frame_length_ms=frame_length_ms,
+                           frame_shift_ms=frame_shift_ms, target_frames=target_frames)
+    summary = stage_runner.features(
+        {"features": config.to_dict(), "chunk_clips": chunk_clips, "max_bad_fraction": max_bad_fraction},
+        {"manifest": str(manifest_dir), "out": str(out)},
+        {"scheduler": scheduler, "workers": workers, "overwrite": overwrite})
     print_json(summary)
 
 
@@ -93,19 +82,16 @@ def _train_command(features: Path, model: str, out: Path, preset: str, overrides
                    weights: Optional[Path], new_head: bool, pretrained_from_hub: bool, device: Optional[str],
                    logits: Optional[Path] = None, teacher: Optional[Path] = None) -> None:
     from cli import stage_runner
-    from pipeline.stores.chunks import StoreError
     from pipeline.training.presets import resolve_config
 
     teacher_io = {"teacher": str(logits or teacher)} if (logits or teacher) else {}
-    try:
-        results = stage_runner.train(
-            {"family": model, "config": resolve_config(preset, overrides),
-             "teacher": "logits" if logits else "checkpoint" if teacher else None},
-            {"features": str(features), "out": str(out), **teacher_io},
-            {"resume": resume, "weights": str(weights) if weights else None, "new_head": new_head,
-             "device": device, "pretrained_from_hub": pretrained_from_hub, "extra": {"preset": preset}})
-    except (StoreError, ValueError, FileNotFoundError) as error:
-        fail(error)
+    results = stage_runner.train(
+        {"family": model, "config": resolve_config(preset, overrides),
+         "teacher": "logits" if logits else "checkpoint" if teacher else None},
+        {"features": str(features), "out": str(out), **teacher_io},
+        {"resume": resume, "weights": str(weights) if weights else None, "new_head": new_head,
+         "device": device, "pretrained_from_hub": pretrained_from_hub,
+         "extra": {"preset": preset, "overrides": list(overrides)}})
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports
     metric = results["metric"]
@@ -130,18 +116,36 @@ def train_cmd(features: Annotated[Path, typer.Option(help="feature store (.zarr)
 
 
 @app.command("train-student")
-def train_student_cmd(features: Annotated[Path, typer.Option(help="feature store (.zarr)")],
-                      out: Annotated[Path, typer.Option(help="run folder")],
-                      logits: Annotated[Optional[Path], typer.Option(help="cached teacher logits (stage one output)")] = None,
+def train_student_cmd(logits: Annotated[Optional[Path], typer.Option(help="cached teacher logits (stage one output)")] = None,
                       teacher: Annotated[Optional[Path], typer.Option(help="reference mode: online frozen teacher checkpoint")] = None,
-                      model: Model = "cnn", preset: Preset = "demo", set_: Set = [],
-                      resume: bool = False, weights: Optional[Path] = None, new_head: bool = False,
+                      features: Annotated[Optional[Path], typer.Option(help="feature store (default: the one the "
+                                                                            "logits were computed on)")] = None,
+                      out: Annotated[Optional[Path], typer.Option(help="run folder (default: student-MODEL-from-"
+                                                                       "TEACHER beside the store)")] = None,
+                      model: Annotated[Optional[str], typer.Option(help="cnn | ast | timm:NAME (default: the other "
+                                                                        "family than the teacher's)")] = None,
+                      preset: Annotated[Optional[str], typer.Option(help="training preset (default: the teacher's, "
+                                                                         "with its overrides)")] = None,
+                      set_: Set = [], resume: bool = False, weights: Optional[Path] = None, new_head: bool = False,
                       pretrained_from_hub: bool = False, device: Optional[str] = None) -> None:
-    """Train a student with the CMKD loss against cached teacher logits (or an online teacher)."""
+    """Train a student with the CMKD loss against cached teacher logits (or an online teacher).
+
+    `cmkd-pipe train-student --logits store.zarr` is enough: the feature store, recipe and model family come
+    from the store's provenance; every default is printed at the start and any flag overrides it."""
+    from pipeline.training.student_defaults import student_defaults
+
     if (logits is None) == (teacher is None):
         fail(ValueError("give exactly one of --logits STORE (cached teacher) or --teacher CKPT (online teacher)"))
-    _train_command(features, model, out, preset, set_, resume, weights, new_head, pretrained_from_hub, device,
-                   logits=logits, teacher=teacher)
+    defaults = student_defaults(logits, teacher)
+    defaults.features = features or defaults.features
+    defaults.model = model or defaults.model
+    if preset:
+        defaults.preset, defaults.overrides = preset, []
+    defaults.overrides += list(set_)
+    defaults.out = out or defaults.out.with_name(f"student-{defaults.model}-from-{defaults.teacher_family}")
+    typer.echo(defaults.describe())
+    _train_command(defaults.features, defaults.model, defaults.out, defaults.preset, defaults.overrides, resume,
+                   weights, new_head, pretrained_from_hub, device, logits=logits, teacher=teacher)
 
 
 @app.command("evaluate")
@@ -259,10 +263,7 @@ def run_cmd(dataset: Dataset = "demo", data_root: Annotated[Optional[Path], type
     options = _run_options(dataset, data_root, run_dir, set_, scheduler, workers, nproc, device,
                            pretrained_from_hub, folds, val_on_test, jobs, preset)
     options.clean = clean
-    try:
-        ran = graph.run(options, until=until, only=only, echo=typer.echo)
-    except (graph.StageFailed, ValueError) as error:
-        fail(error)
+    ran = graph.run(options, until=until, only=only, echo=typer.echo)
     if not ran:
         typer.echo("everything requested is up to date")
     report = options.run_dir / "report" / "report.md"
@@ -323,14 +324,8 @@ def run_stage_cmd(folder: Annotated[Path, typer.Argument(help="a stage folder ho
                   ) -> None:
     """Run one stage exactly as its config.json says (what `run` and Make execute)."""
     from cli import stage_runner
-    from pipeline.parallel import StageTasksFailed
-    from stages.features import TooManyBadClips
-    from data_manifests.manifest import ManifestError
 
-    try:
-        stage_runner.run_stage_dir(folder)
-    except (ValueError, FileNotFoundError, ManifestError, TooManyBadClips, StageTasksFailed) as error:
-        fail(error)
+    stage_runner.run_stage_dir(folder)
 
 
 def _register_stage_commands() -> None:

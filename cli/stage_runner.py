@@ -82,7 +82,8 @@ def train(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any]:
                        logits=io["teacher"] if teacher == "logits" else None,
                        teacher=io["teacher"] if teacher == "checkpoint" else None,
                        device=runtime.get("device"), allow_download=bool(runtime.get("pretrained_from_hub")),
-                       progress=bool(runtime.get("progress", True)), extra=runtime.get("extra"))
+                       progress=bool(runtime.get("progress", True)),
+                       extra={**(runtime.get("extra") or {}), "feature_store": str(Path(io["features"]).resolve())})
 
 
 def report(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any]:

@@ -126,7 +126,8 @@ def plan(options: RunOptions) -> list[Stage]:
     ]
     for group, data_overrides in groups(profile, options.folds, options.val_on_test):
         config = resolve_config(preset_name, [*options.overrides, *data_overrides])
-        train = {"pretrained_from_hub": options.pretrained_from_hub, **device}
+        train = {"pretrained_from_hub": options.pretrained_from_hub, **device,
+                 "extra": {"preset": preset_name, "overrides": [*options.overrides, *data_overrides]}}
         for fam in FAMILIES:
             name = f"{group}/train-{fam}"
             stages.append(_train_stage(name, fam, config, store, run, train, labels={"group": group, "model": fam}))
@@ -288,7 +289,7 @@ def run_stage(stage: Stage, run_dir: Path, options: RunOptions, threads: int | N
     (folder / FAILURE_NAME).unlink(missing_ok=True)  # a run killed from now on shows as incomplete
     log = folder / "log.txt"
     command = _command(stage, folder, options)
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {**os.environ, "CMKD_PIPE_TRACEBACK": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     started = time.time()
     with open(log, "ab") as handle:
         handle.write(f"\n$ {' '.join(command)}\n".encode())
