@@ -1,8 +1,9 @@
-"""One writer per store: an owner file created atomically beside the store for the whole run.
+"""One writer per store: an owner entry created atomically beside the store for the whole run.
 
 The lock lives beside the store (`.<store name>.lock` in the same folder), so it also covers the
-store's creation and an --overwrite that deletes it. It names its owner (host, pid, start time); a
-lock of this host whose pid is gone is stale and is taken over.
+store's creation and an --overwrite that deletes it. It is a symbolic link whose target is the owner
+(JSON: host, pid, what, start time): creating it is atomic and needs no data block, so it works on a
+full disk too. A lock of this host whose pid is gone is stale and is taken over.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.stores.chunks import StoreError
+from pipeline.stores.chunks import StoreError, write_errors_as_store_errors
 
 
 def lock_path(store: str | os.PathLike) -> Path:
@@ -29,8 +30,9 @@ def store_lock(store: str | os.PathLike, what: str = "run") -> Iterator[Path]:
     path = lock_path(store)
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "what": what,
              "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _acquire(path, owner)
+    with write_errors_as_store_errors(store):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _acquire(path, owner)
     try:
         yield path
     finally:
@@ -40,21 +42,17 @@ def store_lock(store: str | os.PathLike, what: str = "run") -> Iterator[Path]:
 
 
 def _acquire(path: Path, owner: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(owner))
-    try:
-        for _ in range(3):
-            try:
-                os.link(tmp, path)  # atomic: fails when the lock exists, never leaves a half-written one
-                return
-            except FileExistsError:
-                current = _read_owner(path)
-                if current is None or not _is_stale(current):
-                    raise StoreError(_held_message(path, current)) from None
-                _take_away(path)
-        raise StoreError(_held_message(path, _read_owner(path)))
-    finally:
-        tmp.unlink(missing_ok=True)
+    text = json.dumps(owner, separators=(",", ":"))
+    for _ in range(3):
+        try:
+            os.symlink(text, path)  # atomic: fails when the lock exists, never leaves a half-written one
+            return
+        except FileExistsError:
+            current = _read_owner(path)
+            if current is None or not _is_stale(current):
+                raise StoreError(_held_message(path, current)) from None
+            _take_away(path)
+    raise StoreError(_held_message(path, _read_owner(path)))
 
 
 def _held_message(path: Path, owner: dict | None) -> str:
@@ -69,7 +67,7 @@ def _held_message(path: Path, owner: dict | None) -> str:
 
 def _read_owner(path: Path) -> dict | None:
     try:
-        owner = json.loads(path.read_text())
+        owner = json.loads(os.readlink(path))
     except (OSError, ValueError):
         return None
     return owner if isinstance(owner, dict) else None
@@ -98,5 +96,5 @@ def _take_away(path: Path) -> None:
     taken = _read_owner(aside)
     if taken is not None and not _is_stale(taken):  # a live contender's fresh lock: put it back
         with contextlib.suppress(FileExistsError):
-            os.link(aside, path)
+            os.symlink(os.readlink(aside), path)
     aside.unlink(missing_ok=True)

@@ -106,13 +106,13 @@ class LogitsStore:
         if len(self.clip_ids) != len(features) or not np.array_equal(self.clip_ids, features.clip_ids):
             mismatch = _first_mismatch(self.clip_ids, features.clip_ids)
             problems.append(f"clip ids differ ({len(self.clip_ids)} vs {len(features)} clips; {mismatch})")
-        if self.attrs.get("feature_content_digest") != features.content_digest:
-            problems.append(f"computed from other feature data (feature store content digest "
-                            f"{str(self.attrs.get('feature_content_digest'))[:16]} recorded by this logits store, "
-                            f"{features.content_digest[:16]} in {features.path}: another corpus or a rebuilt store)")
         wanted = features.vocabulary if vocabulary is None else vocabulary
         if self.attrs["vocabulary_hash"] != vocabulary_hash(wanted):
             problems.append(_vocabulary_difference(self.attrs["vocabulary"], wanted))
+        if not problems and self.attrs.get("feature_content_digest") != features.content_digest:
+            problems.append(f"computed from other feature data (feature store content digest "  # same ids, labels
+                            f"{str(self.attrs.get('feature_content_digest'))[:16]} recorded by this logits store, "
+                            f"{features.content_digest[:16]} in {features.path}: another corpus or a rebuilt store)")
         if problems:
             raise StoreError(f"{self.path}: logits store does not match: " + "; ".join(problems) +
                              ". Recompute it with `cmkd-pipe teacher-logits` for these features")
