@@ -2,12 +2,11 @@
 ours are never destroyed; bad settings and damaged files are one-line errors naming what to fix.
 
 Tiny corpus (24 clips, chunks of 8 → 3 chunks) and a tiny random AST teacher, as in test_teacher_logits;
-one Dask LocalCluster (2 worker processes) shared by the module's stage runs.
+stage runs in process (the session's `scheduler` fixture).
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import socket
@@ -26,6 +25,7 @@ from data_manifests.manifest import Manifest, ManifestError
 from pipeline.config import FeatureConfig
 from pipeline.stores import feature_store as fs
 from pipeline.stores import logits_store as ls
+from pipeline.stores.chunk_cache import ChunkCache
 from pipeline.stores.chunks import StoreError
 from pipeline.stores.feature_store import FeatureStore
 from pipeline.stores.integrity import verify_store
@@ -37,15 +37,6 @@ from faults import cli, stage_env
 from test_teacher_logits import CHUNK, CONFIG, VIEWS, save_teacher, tiny_clips
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> str:
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +239,8 @@ def test_a_truncated_fbank_chunk_is_named_at_open_and_at_read(main, tmp_path):
     chunk.write_bytes(b"\0" * len(intact))  # damaged after the reader opened it
     with pytest.raises(StoreError, match=r"fbank chunk 1 \(clips 8-15\) cannot be read .*rerun the stage"):
         opened.read(np.arange(8, 12))
+    with pytest.raises(StoreError, match=rf"{store}: fbank chunk 1 \(clips 8-15\) cannot be read"):
+        ChunkCache(opened.fbank, opened.chunk_clips).rows([9])  # the training batches' read path
 
 
 def test_a_corrupt_array_metadata_file_is_named(main, tmp_path):

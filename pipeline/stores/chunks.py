@@ -154,6 +154,17 @@ def check_generation(group: zarr.Group, path: str | os.PathLike, generation: str
                          f"(generation {group.attrs.get('generation')} != {generation}); task dropped")
 
 
+def unreadable_chunk(path: Path, array: str, chunks: list[int], chunk_clips: int, n_clips: int,
+                     error: Exception) -> str:
+    """One line for a chunk that fails to decode: array, chunk index, clip range, what to do."""
+    first = int(chunks[0])
+    start, stop = chunk_range(first, chunk_clips, n_clips)
+    which = f"chunk {first} (clips {start}-{stop - 1})" if len(chunks) == 1 else \
+        f"one of chunks {', '.join(map(str, chunks[:5]))} (first: clips {start}-{stop - 1})"
+    return (f"{path}: {array} {which} cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:120]}); "
+            "rerun the stage that wrote the store with the same arguments: the chunk will be redone")
+
+
 def read_strings(array: zarr.Array) -> np.ndarray:
     """A Zarr string array as a fixed-width numpy str array (numpy cannot cast StringDType directly)."""
     return np.asarray(array[:]).astype(object).astype(str)

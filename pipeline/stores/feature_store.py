@@ -14,7 +14,8 @@ import zarr
 from data_manifests.manifest import Manifest
 from pipeline.config import FeatureConfig, Normalization, fingerprint
 from pipeline.stores.chunks import (StoreError, check_generation, chunk_range, create_store, mark_chunk_done,
-                                    n_chunks, open_store, pending_chunks, read_strings, require_complete)
+                                    n_chunks, open_store, pending_chunks, read_strings, require_complete,
+                                    unreadable_chunk)
 from pipeline.stores.integrity import content_digest, invalidate_damaged, record_chunk, require_intact
 from pipeline.version import code_version
 
@@ -218,17 +219,6 @@ class FeatureStore:
         out = np.empty_like(rows, dtype=np.float32)
         out[order] = rows
         return out
-
-
-def unreadable_chunk(path: Path, array: str, chunks: list[int], chunk_clips: int, n_clips: int,
-                     error: Exception) -> str:
-    """One line for a chunk that fails to decode: array, chunk index, clip range, what to do."""
-    first = int(chunks[0])
-    start, stop = chunk_range(first, chunk_clips, n_clips)
-    which = f"chunk {first} (clips {start}-{stop - 1})" if len(chunks) == 1 else \
-        f"one of chunks {', '.join(map(str, chunks[:5]))} (first: clips {start}-{stop - 1})"
-    return (f"{path}: {array} {which} cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:120]}); "
-            "rerun the stage that wrote the store with the same arguments: the chunk will be redone")
 
 
 def select_mask(spec: str, splits: np.ndarray, folds: np.ndarray) -> np.ndarray:

@@ -10,8 +10,8 @@ import numpy as np
 import zarr
 
 from pipeline.stores.chunks import (StoreError, check_generation, chunk_range, create_store, mark_chunk_done,
-                                    n_chunks, open_store, read_strings, require_complete)
-from pipeline.stores.feature_store import FeatureStore, restore_columns, store_root, unreadable_chunk
+                                    n_chunks, open_store, read_strings, require_complete, unreadable_chunk)
+from pipeline.stores.feature_store import FeatureStore, restore_columns, store_root
 from pipeline.stores.integrity import (chunk_problems, content_digest, describe, invalidate_damaged, record_chunk,
                                        require_intact)
 from pipeline.version import code_version
