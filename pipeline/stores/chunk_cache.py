@@ -28,7 +28,7 @@ class ChunkCache:
         except Exception as error:  # a chunk damaged after its store was opened: name it
             where = getattr(getattr(self.array, "store", None), "root", "store")
             raise StoreError(unreadable_chunk(where, getattr(self.array, "path", "array"), [index], size,
-                                              len(self.array), error)) from None
+                                              self.array.shape[0], error)) from None
         self._chunks[index] = data
         if len(self._chunks) > self.capacity:
             self._chunks.popitem(last=False)
