@@ -301,3 +301,23 @@ def test_a_folder_corpus_with_a_broken_link_lists_it_as_a_bad_clip(tmp_path, mak
     table = pd.read_csv(bad_clips_path(store))
     assert summary["bad"] == 1 and table["clip_id"].tolist() == ["dog/gone"]
     assert table["reason"][0].startswith("missing: broken symbolic link to")
+
+
+def test_a_cli_run_beside_a_writer_in_another_process_is_one_line_and_changes_nothing(main, tmp_path):
+    store = copy(main["features"], tmp_path / "features.zarr")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pipeline.stores.lock import store_lock\n"
+                               f"with store_lock({str(store)!r}, 'features'):\n"
+                               "    print('held', flush=True)\n    time.sleep(120)"],
+                              cwd=REPO, env=stage_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = subprocess.run(cli("features", "--manifest", str(main["manifest_dir"]), "--out", str(store),
+                                  "--overwrite", "--target-frames", "30", "--num-mel-bins", "32"),
+                              cwd=REPO, env=stage_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert f"another run is writing this store (features, pid {holder.pid}" in lines[0]
+    assert verify_store(store) == [] and np.array_equal(fbank_of(store), fbank_of(main["features"]))
