@@ -36,9 +36,9 @@ from pipeline.predict import model_logits, probabilities
 from pipeline.records import atomic_path
 from pipeline.stores import logits_store as ls
 from pipeline.stores.chunks import StoreError, chunk_range, open_store, pending_chunks, prepare_output
-from pipeline.stores.lock import store_lock
 from pipeline.stores.feature_store import FeatureStore
 from pipeline.stores.integrity import verify_store
+from pipeline.stores.lock import store_lock
 from pipeline.training.batches import ChunkCache
 from pipeline.views import ViewBuilder
 
