@@ -30,6 +30,7 @@ from pipeline.version import code_version
 FORMAT = "cmkd-pipe/export/1"
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 OPSET = 18
+TOLERANCE = 1e-3  # max |logit difference| the export check accepts
 
 
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "onnx",
@@ -56,6 +57,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, fmt: 
         write = _write_onnx if fmt == "onnx" else _write_torchscript
         write(waveform_graph, wave_example, staging / f"model{suffix}", "waveform", {0: "batch", 1: "samples"})
         write(fbank_graph, fbank_example, staging / f"model_fbank{suffix}", "fbank", {0: "batch", 1: "frames"})
+        verify_export(staging, fmt, waveform_graph, fbank_graph, features)
         _write_labels(staging / "labels.csv", meta["vocabulary"])
         config = export_config(meta, fmt, is_multilabel, checkpoint)
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -67,6 +69,37 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, fmt: 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return config
+
+
+def verify_export(folder: Path, fmt: str, waveform_graph: torch.nn.Module, fbank_graph: torch.nn.Module,
+                  features: FeatureConfig) -> None:
+    """Run the written graphs on noise of three lengths (short, one window, longer) and a batch size
+    other than the example's; raise when a logit differs from the checkpoint's by more than TOLERANCE."""
+    generator = torch.Generator().manual_seed(0)
+    window = example_samples(features)
+    for samples in (window // 3, window, window * 2 + 123):
+        wave = torch.randn(3, samples, generator=generator) * 0.1
+        with torch.no_grad():
+            fbank = waveform_graph.fbank(wave)
+            expected = {"waveform": waveform_graph(wave), "fbank": fbank_graph(fbank)}
+        got = {"waveform": run_graph(folder / f"model{FORMATS[fmt]}", "waveform", wave, fmt),
+               "fbank": run_graph(folder / f"model_fbank{FORMATS[fmt]}", "fbank", fbank, fmt)}
+        for name, value in got.items():
+            error = float((torch.as_tensor(value) - expected[name]).abs().max())
+            if error > TOLERANCE:
+                raise RuntimeError(f"export check: the {name} graph differs from the checkpoint by {error:.2e} "
+                                   f"(> {TOLERANCE}) on {samples} samples; please report this model config")
+
+
+def run_graph(path: Path, name: str, x: torch.Tensor, fmt: str):
+    """Logits of an exported graph file."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {name: x.numpy()})[0]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.jit.load(str(path))(x)
 
 
 def example_samples(features: FeatureConfig) -> int:

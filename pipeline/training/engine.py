@@ -334,7 +334,7 @@ class Trainer:
         return {"feature_config": self.store.feature_config.to_dict(), "normalization": self.norm.to_dict(),
                 "vocabulary": self.store.vocabulary,
                 "extra": {"arch": self.arch, "feature_fingerprint": self.store.fingerprint,
-                          **self.request.extra}}
+                          "multilabel": self.store.multilabel, **self.request.extra}}
 
     def save_model(self, path: Path, model: nn.Module | None = None) -> None:
         if self.dist.is_main:
