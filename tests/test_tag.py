@@ -14,25 +14,7 @@ from typer.testing import CliRunner
 from cli.app import app
 from pipeline.config import FeatureConfig
 from pipeline.inference import Windowing, frame_windows, pool, probabilities, top_k, windowing
-from tone_model import TONE_CLASSES, tone_wave, train_tone_model
-
-SEGMENTS = ["low", "mid", "high", "mid", "low", "high"]  # 10 s each: a 60-s file
-SEGMENT_S = 10.0
-FILE_SR = 22050  # not the model's rate: tagging resamples as training did
-
-
-@pytest.fixture(scope="session")
-def tone_checkpoint(tmp_path_factory) -> Path:
-    return train_tone_model(tmp_path_factory.mktemp("tone-model") / "final.pt")
-
-
-@pytest.fixture(scope="session")
-def long_file(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(7)
-    wave = np.concatenate([tone_wave(TONE_CLASSES[c], SEGMENT_S, rng, sr=FILE_SR) for c in SEGMENTS])
-    path = tmp_path_factory.mktemp("long") / "sixty.flac"
-    sf.write(path, wave, FILE_SR)
-    return path
+from tone_model import SEGMENT_S, SEGMENTS, TONE_CLASSES, long_file, tone_checkpoint, tone_wave  # noqa: F401 (fixtures)
 
 
 def test_windows_cover_the_file_and_a_short_clip_is_one_padded_window():

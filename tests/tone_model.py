@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import soundfile as sf
 import torch
 
 from pipeline.config import FeatureConfig, Normalization
@@ -21,6 +23,9 @@ TONE_CLASSES = {"low": 350.0, "mid": 1400.0, "high": 4200.0}
 VOCABULARY = [{"index": i, "id": cid, "name": f"{cid.title()} tone"} for i, cid in enumerate(TONE_CLASSES)]
 FEATURES = FeatureConfig(num_mel_bins=32, target_frames=64)
 SR = 16000
+SEGMENTS = ["low", "mid", "high", "mid", "low", "high"]  # 10 s each: the 60-s test file
+SEGMENT_S = 10.0
+LONG_FILE_SR = 22050  # not the model's rate: tagging resamples as training did
 
 
 def tone_wave(freq: float, seconds: float, rng: np.random.Generator, sr: int = SR) -> np.ndarray:
@@ -74,3 +79,19 @@ def _train(path: Path, arch: str, seed: int) -> Path:
         raise AssertionError("the tone model did not learn the three tones")
     return save_checkpoint(path, model, feature_config=FEATURES.to_dict(), normalization=norm.to_dict(),
                            vocabulary=VOCABULARY, extra={"arch": arch, "multilabel": False})
+
+
+@pytest.fixture(scope="session")
+def tone_checkpoint(tmp_path_factory) -> Path:
+    """The trained tone model's checkpoint (import this fixture into a test module to use it)."""
+    return train_tone_model(tmp_path_factory.mktemp("tone-model") / "final.pt")
+
+
+@pytest.fixture(scope="session")
+def long_file(tmp_path_factory) -> Path:
+    """A 60-s FLAC at 22.05 kHz: 10-s segments of the tone classes in the order of SEGMENTS."""
+    rng = np.random.default_rng(7)
+    wave = np.concatenate([tone_wave(TONE_CLASSES[c], SEGMENT_S, rng, sr=LONG_FILE_SR) for c in SEGMENTS])
+    path = tmp_path_factory.mktemp("long") / "sixty.flac"
+    sf.write(path, wave, LONG_FILE_SR)
+    return path
