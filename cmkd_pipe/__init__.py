@@ -10,6 +10,7 @@ Stage functions: `features`, `train`, `teacher_logits`, `train_student`, `report
 """
 from cmkd_pipe.api import (
     ClipTags,
+    FeatureConfig,
     Tagger,
     export,
     features,
@@ -21,5 +22,5 @@ from cmkd_pipe.api import (
     train_student,
 )
 
-__all__ = ["ClipTags", "Tagger", "export", "features", "load_model", "report", "tag", "teacher_logits", "train",
+__all__ = ["ClipTags", "FeatureConfig", "Tagger", "export", "features", "load_model", "report", "tag", "teacher_logits", "train",
            "train_student"]

@@ -20,7 +20,7 @@ from stages.train import train as run_training
 
 PathLike = str | os.PathLike
 
-__all__ = ["ClipTags", "Tagger", "TagRun", "export", "features", "load_model", "report", "tag", "teacher_logits",
+__all__ = ["ClipTags", "FeatureConfig", "Tagger", "TagRun", "export", "features", "load_model", "report", "tag", "teacher_logits",
            "train", "train_student"]
 
 
