@@ -12,7 +12,8 @@ from cli.common import ErrorBoundary, fail, print_json
 app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CNN/Transformer cross-model knowledge distillation for audio classification.")
 
-Scheduler = Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786); "
+Scheduler = Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786), or 'synchronous' "
+                                                       "(every task in this process, for tiny corpora); "
                                                        "default: a LocalCluster on this machine")]
 Workers = Annotated[Optional[int], typer.Option(help="LocalCluster workers (default: number of cores)")]
 
@@ -31,7 +32,7 @@ def demo_data(out_dir: Path,
 
 
 @app.command("manifest")
-def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset | folder | csv | ast-json")],
+def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset | folder | csv | ast-json | demo")],
              root: Annotated[Path, typer.Argument(help="dataset root as downloaded (csv: the csv file)")],
              out: Annotated[Path, typer.Option(help="manifest folder to write")],
              option: Annotated[list[str], typer.Option("--option", "-o", help="builder option KEY=VALUE")] = []) -> None:
@@ -136,11 +137,8 @@ def train_student_cmd(logits: Annotated[Optional[Path], typer.Option(help="cache
 
     if (logits is None) == (teacher is None):
         fail(ValueError("give exactly one of --logits STORE (cached teacher) or --teacher CKPT (online teacher)"))
-    defaults = student_defaults(logits, teacher)
-    defaults.features = features or defaults.features
+    defaults = student_defaults(logits, teacher, features, preset)
     defaults.model = model or defaults.model
-    if preset:
-        defaults.preset, defaults.overrides = preset, []
     defaults.overrides += list(set_)
     defaults.out = out or defaults.out.with_name(f"student-{defaults.model}-from-{defaults.teacher_family}")
     typer.echo(defaults.describe())

@@ -56,7 +56,7 @@ def cv_run(tmp_path_factory, make_tone) -> dict:
     assert manifest.exit_code == 0, manifest.output
     features = runner.invoke(app, ["features", "--manifest", str(root / "manifest"), "--out",
                                    str(root / "features.zarr"), "--target-frames", "64", "--num-mel-bins", "32",
-                                   "--chunk-clips", "8", "--workers", "1"])
+                                   "--chunk-clips", "8", "--scheduler", "synchronous"])
     assert features.exit_code == 0, features.output
     args = ["cv", "--features", str(root / "features.zarr"), "--out", str(root / "cv"), "--preset", "esc50",
             "--model", "ast", "--device", "cpu"]

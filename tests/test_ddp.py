@@ -25,6 +25,8 @@ from pipeline.stores.feature_store import FeatureStore
 from stages.evaluate import evaluate_checkpoint
 from stages.features import run_features
 
+pytestmark = pytest.mark.slow  # end to end: torchrun with two ranks
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = FeatureConfig(num_mel_bins=32, target_frames=64)  # the smoke preset's features
 LAUNCHER = '''\
@@ -61,7 +63,7 @@ def weights_hash(state: dict[str, torch.Tensor]) -> str:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory, corpus_writer, make_tone) -> dict:
+def ddp_run(tmp_path_factory, corpus_writer, make_tone, scheduler) -> dict:
     """A 3-class corpus (18 train clips, 9 test clips: the ranks score 5 and 4) and a 2-process run on it."""
     root = tmp_path_factory.mktemp("ddp")
     clips = [{"clip_id": f"{label}{i}", "labels": [label], "split": "eval" if i % 3 == 0 else "train",
@@ -69,7 +71,7 @@ def ddp_run(tmp_path_factory, corpus_writer, make_tone) -> dict:
              for c, label in enumerate("abc") for i in range(9)]
     manifest_dir = corpus_writer(root / "corpus", clips)
     store = root / "features.zarr"
-    run_features(manifest_dir, store, config=CONFIG, chunk_clips=8, n_workers=1, progress=False)
+    run_features(manifest_dir, store, config=CONFIG, chunk_clips=8, scheduler=scheduler, progress=False)
     launcher = root / "launch_cmkd_pipe.py"
     launcher.write_text(LAUNCHER)
     out = root / "run"

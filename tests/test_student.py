@@ -2,13 +2,12 @@
 `smoke` preset): cached-logit and online-teacher students, the exact replay of teacher views, λ = 1
 against a plain run, the refusals of mismatched logit stores, KD learning, and the `kd-sweep` command.
 
-The teacher is a tiny AST trained for two epochs; its logits are cached with 1 and with 3 views. One
-Dask LocalCluster (2 worker processes) serves every feature and logits stage run of the module.
+The teacher is a tiny AST trained for two epochs; its logits are cached with 1 and with 3 views. The
+feature and logits stages run in process (the session's synchronous `scheduler`).
 """
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 from pathlib import Path
@@ -58,15 +57,6 @@ def tone_clips(make_tone, rename: dict[int, str] | None = None, classes: str = "
                       "split": SPLITS[(i // 3) % 5], "audio": make_tone(freq, 0.5 + 0.005 * i, 16000,
                                                                          noise=0.05, seed=i)})
     return clips
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> str:
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")

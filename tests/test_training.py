@@ -10,7 +10,6 @@ CLI's one-line errors, `print-config`, and a checkpoint refused on a store with 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -74,17 +73,13 @@ def learnable_clips(make_tone) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, corpus_writer, make_tone) -> dict:
+def data(tmp_path_factory, corpus_writer, make_tone, scheduler) -> dict:
     """The corpus through the feature stage twice (smoke features, and 48 frames), plus an unfinished store."""
-    from distributed import LocalCluster
-
     root = tmp_path_factory.mktemp("training")
     manifest_dir = corpus_writer(root / "corpus", learnable_clips(make_tone))
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
-        for name, config in (("features.zarr", CONFIG), ("other.zarr", OTHER)):
-            run_features(manifest_dir, root / name, config=config, chunk_clips=CHUNK,
-                         scheduler=cluster.scheduler_address, progress=False)
+    for name, config in (("features.zarr", CONFIG), ("other.zarr", OTHER)):
+        run_features(manifest_dir, root / name, config=config, chunk_clips=CHUNK, scheduler=scheduler,
+                     progress=False)
     create_feature_store(root / "incomplete.zarr", Manifest.load(manifest_dir), CONFIG, CHUNK)
     return {"root": root, "store": root / "features.zarr", "other": root / "other.zarr",
             "incomplete": root / "incomplete.zarr"}
@@ -267,6 +262,7 @@ def kill_mid_epoch_and_resume(store: Path, out: Path, options: dict) -> tuple[in
     return epoch, position, resumed.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path):
     """One thread and deterministic algorithms make the arithmetic reproducible, so the comparison is exact."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
