@@ -60,12 +60,13 @@ def train(features: PathLike, out: PathLike, *, model: str = "cnn", preset: str 
 
 
 def teacher_logits(checkpoint: PathLike, out: PathLike, *, features: PathLike | None = None, views: int = 1,
-                   batch_size: int = 32, device: str | None = None, overwrite: bool = False,
-                   progress: bool = True, **view_options: Any) -> dict[str, Any]:
+                   batch_size: int = 32, scheduler: str | None = None, workers: int | None = None,
+                   device: str | None = None, overwrite: bool = False, progress: bool = True,
+                   **view_options: Any) -> dict[str, Any]:
     """Cache a teacher's logits over a feature store (default: the one it was trained on); a summary dict.
 
-    `view_options`: view_seed, freq_mask, time_mask, mixup_rate, mixup_alpha, mix_mode, chunk_clips,
-    scheduler, n_workers (as `cmkd-pipe teacher-logits`).
+    `view_options`: view_seed, freq_mask, time_mask, mixup_rate, mixup_alpha, mix_mode, chunk_clips
+    (as `cmkd-pipe teacher-logits`).
     """
     if features is None:
         from pipeline.models.checkpoint import read_checkpoint
@@ -73,8 +74,9 @@ def teacher_logits(checkpoint: PathLike, out: PathLike, *, features: PathLike | 
         features = read_checkpoint(checkpoint).get("extra", {}).get("feature_store")
         if not features:
             raise ValueError(f"{checkpoint}: the checkpoint does not record its feature store; pass features=")
-    return run_teacher_logits(features, checkpoint, out, views=views, batch_size=batch_size, device=device,
-                              overwrite=overwrite, progress=progress, **view_options)
+    return run_teacher_logits(features, checkpoint, out, views=views, batch_size=batch_size, scheduler=scheduler,
+                              n_workers=workers, device=device, overwrite=overwrite, progress=progress,
+                              **view_options)
 
 
 def train_student(logits: PathLike, *, out: PathLike | None = None, model: str | None = None,

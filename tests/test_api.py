@@ -21,17 +21,17 @@ def corpus(tmp_path, corpus_writer) -> Path:
     return corpus_writer(tmp_path / "corpus", clips, classes=tuple(TONE_CLASSES))
 
 
-@pytest.mark.slow  # two Dask clusters and two training runs: ~30 s
-def test_the_notebook_example_runs(corpus, tmp_path, monkeypatch):
+def test_the_notebook_example_runs(corpus, tmp_path, monkeypatch, scheduler):
     monkeypatch.chdir(tmp_path)
     wav = tmp_path / "corpus" / "audio" / "high1.wav"
-    # --- the README's notebook example, as written there -------------------------------------------------
+    # --- the README's notebook example (plus scheduler=: the tests run stages in-process) ---------------------
     from cmkd_pipe import FeatureConfig, features, load_model, teacher_logits, train, train_student
 
     quick = ["train.epochs=1", "average.wa_end_epoch=1"]
-    features("corpus/manifest", "run/features.zarr", config=FeatureConfig(num_mel_bins=32, target_frames=64), workers=1)
+    features("corpus/manifest", "run/features.zarr", config=FeatureConfig(num_mel_bins=32, target_frames=64),
+             scheduler=scheduler)
     train("run/features.zarr", "run/cnn", model="cnn", preset="smoke", overrides=quick)
-    teacher_logits("run/cnn/final.pt", "run/cnn-logits.zarr", n_workers=1)
+    teacher_logits("run/cnn/final.pt", "run/cnn-logits.zarr", scheduler=scheduler)
     train_student("run/cnn-logits.zarr", overrides=quick)            # an AST taught by the CNN
     student = load_model("run/student-ast-from-cnn/final.pt")
     clip = student.tag(wav)
