@@ -154,7 +154,8 @@ def _write_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, name
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, (example,), dynamo=True, input_names=[name], output_names=["logits"],
-                                    dynamic_shapes=(dims,), opset_version=OPSET, verbose=False)
+                                    dynamic_shapes=(dims,), opset_version=OPSET, verbose=False,
+                                    optimize=False)  # onnxruntime optimises at load; this halves export time
     program.save(str(path), external_data=False)
 
 
