@@ -41,6 +41,10 @@ def test_the_notebook_example_runs(corpus, tmp_path, monkeypatch, scheduler):
     assert len(clip.top(3)) == 3 and clip.scores.sum() == pytest.approx(1.0, abs=1e-5)  # softmax scores
     assert clip.duration_s == pytest.approx(0.7) and len(clip.windows) == 2  # 68 frames: windows at 0 and 4
     assert (tmp_path / "run" / "student-ast-from-cnn" / "results.json").is_file()
+    import torch
+
+    extra = torch.load(tmp_path / "run" / "student-ast-from-cnn" / "final.pt", weights_only=True)["extra"]
+    assert extra["multilabel"] is False and student.multilabel is False  # training records it for tagging
 
 
 def test_the_api_functions_are_typed_and_documented():

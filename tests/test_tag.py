@@ -141,3 +141,20 @@ def test_a_checkpoint_without_the_multilabel_flag_asks_for_it(tone_checkpoint, t
     with pytest.raises(ValueError, match="--multilabel or --single-label"):
         load_scorer(bare)
     assert load_scorer(bare, multilabel=True).multilabel is True
+
+
+def test_a_multilabel_model_gives_sigmoid_scores(tone_checkpoint, long_file, tmp_path):
+    import torch
+
+    from cmkd_pipe import load_model
+
+    data = torch.load(tone_checkpoint, weights_only=True)
+    data["extra"]["multilabel"] = True
+    multilabel = tmp_path / "multilabel.pt"
+    torch.save(data, multilabel)
+    sigmoid = load_model(multilabel, hop=256).tag(long_file)
+    softmax = load_model(tone_checkpoint, hop=256).tag(long_file)
+    assert load_model(multilabel).multilabel and not load_model(tone_checkpoint).multilabel
+    logits = np.log(sigmoid.window_scores) - np.log1p(-sigmoid.window_scores)  # the logits back from sigmoid
+    assert probabilities(logits, multilabel=False) == pytest.approx(softmax.window_scores, abs=1e-4)
+    assert not np.allclose(sigmoid.window_scores.sum(axis=1), 1.0)
