@@ -52,7 +52,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, fmt: 
     try:
         waveform_graph = WaveformClassifier(model, features, norm).eval()
         fbank_graph = FbankClassifier(model, features, norm).eval()
-        wave_example = torch.randn(2, example_samples(features)) * 0.1
+        wave_example = torch.randn(2, features.input_samples) * 0.1
         fbank_example = waveform_graph.fbank(wave_example)
         write = _write_onnx if fmt == "onnx" else _write_torchscript
         write(waveform_graph, wave_example, staging / f"model{suffix}", "waveform", {0: "batch", 1: "samples"})
@@ -76,7 +76,7 @@ def verify_export(folder: Path, fmt: str, waveform_graph: torch.nn.Module, fbank
     """Run the written graphs on noise of three lengths (short, one window, longer) and a batch size
     other than the example's; raise when a logit differs from the checkpoint's by more than TOLERANCE."""
     generator = torch.Generator().manual_seed(0)
-    window = example_samples(features)
+    window = features.input_samples
     for samples in (window // 3, window, window * 2 + 123):
         wave = torch.randn(3, samples, generator=generator) * 0.1
         with torch.no_grad():
@@ -102,16 +102,10 @@ def run_graph(path: Path, name: str, x: torch.Tensor, fmt: str):
         return torch.jit.load(str(path))(x)
 
 
-def example_samples(features: FeatureConfig) -> int:
-    """Samples of one model input window: (target_frames - 1) shifts plus one analysis window."""
-    size = int(features.sample_rate * features.frame_length_ms * 0.001)
-    shift = int(features.sample_rate * features.frame_shift_ms * 0.001)
-    return (features.target_frames - 1) * shift + size
-
-
 def export_config(meta: dict[str, Any], fmt: str, multilabel: bool, checkpoint: str | os.PathLike) -> dict[str, Any]:
     """What config.json says: everything a user needs to feed the graphs and read their outputs."""
     features = meta["feature_config"]
+    config = FeatureConfig.from_dict(features)
     suffix = FORMATS[fmt]
     return {
         "format": FORMAT,
@@ -125,8 +119,7 @@ def export_config(meta: dict[str, Any], fmt: str, multilabel: bool, checkpoint: 
         "graphs": {
             "waveform": {"file": f"model{suffix}", "input": "waveform", "shape": ["batch", "samples"],
                          "dtype": "float32", "sample_rate": features["sample_rate"], "channels": 1,
-                         "min_samples": int(features["sample_rate"] * features["frame_length_ms"] * 0.001),
-                         "window_samples": example_samples(FeatureConfig.from_dict(features)),
+                         "min_samples": config.window_samples, "input_samples": config.input_samples,
                          "output": "logits", "output_shape": ["batch", meta["n_classes"]]},
             "fbank": {"file": f"model_fbank{suffix}", "input": "fbank",
                       "shape": ["batch", "frames", features["num_mel_bins"]], "dtype": "float32",

@@ -65,17 +65,15 @@ def frame_windows(features: np.ndarray, starts: list[int], window: int) -> np.nd
 
 def n_frames(n_samples: int, config: FeatureConfig) -> int:
     """Frames Kaldi makes of `n_samples` (snip_edges): 1 + (n - window) // shift, 0 when too short."""
-    size = int(config.sample_rate * config.frame_length_ms * 0.001)
-    shift = int(config.sample_rate * config.frame_shift_ms * 0.001)
-    return 0 if n_samples < size else 1 + (n_samples - size) // shift
+    if n_samples < config.window_samples:
+        return 0
+    return 1 + (n_samples - config.window_samples) // config.shift_samples
 
 
 def sample_windows(waveform: np.ndarray, starts: list[int], config: FeatureConfig) -> list[np.ndarray]:
     """The samples behind each frame window: frames start..start+T-1 come from exactly these samples."""
-    size = int(config.sample_rate * config.frame_length_ms * 0.001)
-    shift = int(config.sample_rate * config.frame_shift_ms * 0.001)
-    span = (config.target_frames - 1) * shift + size
-    return [waveform[start * shift: start * shift + span] for start in starts]
+    return [waveform[start * config.shift_samples: start * config.shift_samples + config.input_samples]
+            for start in starts]
 
 
 def probabilities(logits: np.ndarray, multilabel: bool) -> np.ndarray:

@@ -48,8 +48,7 @@ class KaldiFbank(nn.Module):
         if config.dither != 0.0:
             raise ValueError("feature config: dither must be 0 for an exported (deterministic) front end")
         self.config = config
-        self.window_size = int(config.sample_rate * config.frame_length_ms * 0.001)
-        self.window_shift = int(config.sample_rate * config.frame_shift_ms * 0.001)
+        self.window_size, self.window_shift = config.window_samples, config.shift_samples
         n_fft = 1 << math.ceil(math.log2(self.window_size))  # Kaldi rounds the window to a power of two
         n = torch.arange(self.window_size, dtype=torch.float64)[:, None]
         k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[None, :]

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from pipeline.config import FeatureConfig, Normalization
-from pipeline.export import example_samples
 from pipeline.features import fbank, normalize, pad_or_trim
 from pipeline.kaldi_frontend import KaldiFbank
 from pipeline.models.checkpoint import load_checkpoint, save_checkpoint
@@ -105,7 +104,7 @@ def test_onnx_graphs_match_pytorch(exports, family):
     checkpoint, folder = exports[family]
     wave_graph = ort.InferenceSession(str(folder / "model.onnx"))
     fbank_graph = ort.InferenceSession(str(folder / "model_fbank.onnx"))
-    window = example_samples(FEATURES)
+    window = FEATURES.input_samples
     for samples in (window // 2, window, 3 * window + 77):  # padded, exact, trimmed
         waves = noisy_signals(16000, samples / 16000, seed=samples)[:, :samples]
         feats, expected = _reference_logits(checkpoint, waves)
@@ -159,3 +158,17 @@ def test_torchscript_export_matches_pytorch(exports, tmp_path):
     _, expected = _reference_logits(checkpoint, waves)
     with torch.no_grad():
         assert np.abs(graph(waves).numpy() - expected).max() <= 1e-3
+
+
+def test_tagging_with_onnx_builds_no_torch_model(exports, long_file):
+    """The ONNX path loads no model code (pipeline.models, timm); only decoding/resampling use torchaudio."""
+    import subprocess
+    import sys
+
+    _, folder = exports["cnn"]
+    probe = ("import sys; from pipeline.inference import Tagger, load_scorer; "
+             f"tags = Tagger(load_scorer({str(folder)!r})).tag({str(long_file)!r}); "
+             "print(tags.top(1)[0]['id'], sorted(m for m in sys.modules if m.startswith(('pipeline.models', 'timm'))))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.split(" ", 1)[1].strip() == "[]", done.stdout
