@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -150,7 +150,6 @@ class CheckpointScorer:
 
         from pipeline.models.checkpoint import load_checkpoint
 
-        self._torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, meta = load_checkpoint(path, map_location=self.device)
         self.model = model.eval()
@@ -160,15 +159,16 @@ class CheckpointScorer:
         self.multilabel = checkpoint_multilabel(meta, path) if multilabel is None else multilabel
 
     def window_logits(self, waveform: np.ndarray, starts: list[int], batch_size: int) -> np.ndarray:
+        import torch
+
         from pipeline.features import fbank, normalize
 
-        torch = self._torch
         features = fbank(torch.from_numpy(waveform), self.feature_config).numpy()
-        windows = frame_windows(features, starts, self.feature_config.target_frames)
         out = []
         with torch.inference_mode():
-            for i in range(0, len(windows), batch_size):
-                x = normalize(torch.from_numpy(windows[i:i + batch_size]).to(self.device), self.norm)
+            for i in range(0, len(starts), batch_size):  # windows stacked a batch at a time: long files fit
+                windows = frame_windows(features, starts[i:i + batch_size], self.feature_config.target_frames)
+                x = normalize(torch.from_numpy(windows).to(self.device), self.norm)
                 out.append(self.model(x).float().cpu().numpy())
         return np.concatenate(out)
 
@@ -232,10 +232,6 @@ class Tagger:
         return ClipTags(str(path), len(waveform) / config.sample_rate,
                         [self.windowing.seconds(s, frames) for s in starts], window_scores,
                         pool(window_scores, self.pool), self.scorer.labels)
-
-    def tag_many(self, paths: Iterable[str | os.PathLike]) -> list[ClipTags]:
-        """Tags of several files (stops at the first bad one; `stages.tag` skips bad files instead)."""
-        return [self.tag(p) for p in paths]
 
 
 def load_scorer(model: str | os.PathLike, *, device: str | None = None,
