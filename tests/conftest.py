@@ -10,7 +10,6 @@ Only `clip_id` and `audio` are required; the rest default as shown (labels defau
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -142,9 +141,9 @@ def scheduler() -> str:
 
 @pytest.fixture(scope="session")
 def dask_cluster() -> Iterator[str]:
-    """Address of the test session's one Dask LocalCluster (2 worker processes, started on first use)."""
-    from distributed import LocalCluster
+    """Address of the test session's one Dask LocalCluster (2 worker processes, started on first use), made
+    as the stages make theirs (pipeline.parallel.local_cluster)."""
+    from pipeline.parallel import local_cluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
+    with local_cluster(n_workers=2) as cluster:
         yield cluster.scheduler_address
