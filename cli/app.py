@@ -171,19 +171,23 @@ def cv_cmd(features: Annotated[Path, typer.Option(help="feature store with folds
            folds: Annotated[str, typer.Option(help="comma-separated folds")] = "1,2,3,4,5",
            weights: Optional[Path] = None, new_head: bool = False, pretrained_from_hub: bool = False,
            device: Optional[str] = None) -> None:
-    """K-fold cross-validation (ESC-50): one run per fold, mean ± std of the metric."""
+    """K-fold cross-validation (ESC-50): one run per fold, mean ± sample std (ddof=1) of the metric."""
     from pipeline.stores.chunks import StoreError
     from stages.cv import run_cv
+    from stages.train import train
 
     try:
-        summary = run_cv(features, model, out, folds=[int(f) for f in folds.split(",")], preset=preset,
+        summary = run_cv(train, features, model, out, folds=[int(f) for f in folds.split(",")], preset=preset,
                          overrides=set_, weights=str(weights) if weights else None, new_head=new_head,
                          allow_download=pretrained_from_hub, device=device)
     except (StoreError, ValueError, FileNotFoundError) as error:
         fail(error)
     for name in ("last", "best", "wa", "ensemble"):
         if name in summary:
-            typer.echo(f"{name:9s} {summary['metric']} {summary[name]['mean']:.4f} ± {summary[name]['std']:.4f}")
+            std = summary[name]["std"]
+            spread = "(one fold: no std)" if std is None else f"± {std:.4f}"
+            typer.echo(f"{name:9s} {summary['metric']} {summary[name]['mean']:.4f} {spread}")
+    typer.echo(f"(± is the {summary['std_kind']})")
 
 
 @app.command("print-config")

@@ -76,15 +76,6 @@ def sample_windows(waveform: np.ndarray, starts: list[int], config: FeatureConfi
             for start in starts]
 
 
-def probabilities(logits: np.ndarray, multilabel: bool) -> np.ndarray:
-    """Sigmoid (multi-label) or softmax over classes (single-label) of logits [..., K], float32."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if multilabel:
-        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
 def pool(scores: np.ndarray, how: str) -> np.ndarray:
     """Clip scores [K] from window scores [W, K]: their mean or max."""
     if how not in POOLS:
@@ -222,13 +213,14 @@ class Tagger:
     def tag(self, path: str | os.PathLike) -> ClipTags:
         """Tags of one file; raises `pipeline.audio.AudioError` for a file that cannot be decoded."""
         from pipeline.audio import load_audio
+        from pipeline.predict import probabilities
 
         config = self.scorer.feature_config
         waveform = load_audio(path, config.sample_rate).numpy()
         frames = n_frames(len(waveform), config)
         starts = self.windowing.starts(frames)
         logits = self.scorer.window_logits(waveform, starts, self.batch_size)
-        window_scores = probabilities(logits, self.scorer.multilabel)
+        window_scores = probabilities(logits, self.scorer.multilabel)  # numpy in, float32 numpy out
         return ClipTags(str(path), len(waveform) / config.sample_rate,
                         [self.windowing.seconds(s, frames) for s in starts], window_scores,
                         pool(window_scores, self.pool), self.scorer.labels)

@@ -13,14 +13,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("cli", "stages", "pipeline", "data_manifests")
 
-# Known wrong-way edges being removed by the engine rework (issue #8): the cross-validation and kd-sweep
-# stages still call the training stage's `train`. Delete an entry once its edge is gone; delete the
-# constant when it is empty.
-KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset({
-    ("stages.cv", "stages.train"),
-    ("stages.kd_sweep", "stages.train"),
-})
-
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
@@ -88,12 +80,5 @@ def test_the_rule_flags_each_kind_of_wrong_way_edge() -> None:
 
 def test_imports_go_one_way() -> None:
     wrong = [f"{source} → {target}: {why}" for source, target in import_edges()
-             if (why := wrong_way(source, target)) and (source, target) not in KNOWN_EXCEPTIONS]
+             if (why := wrong_way(source, target))]
     assert not wrong, "wrong-way imports:\n" + "\n".join(wrong)
-
-
-def test_known_exceptions_still_exist() -> None:
-    """An exception whose edge is gone must leave the allow-list, so the list never hides a new edge."""
-    edges = set(import_edges())
-    stale = sorted(KNOWN_EXCEPTIONS - edges)
-    assert not stale, f"remove from KNOWN_EXCEPTIONS, these edges are gone: {stale}"

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from pipeline.config import FeatureConfig
-from pipeline.inference import Windowing, frame_windows, pool, probabilities, top_k, windowing
+from pipeline.inference import Windowing, frame_windows, pool, top_k, windowing
+from pipeline.predict import probabilities
 from tone_model import SEGMENT_S, SEGMENTS, TONE_CLASSES, long_file, tone_checkpoint, tone_wave  # noqa: F401 (fixtures)
 
 
