@@ -51,6 +51,7 @@ def features(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any
                         chunk_clips=int(params["chunk_clips"]), scheduler=_scheduler(runtime),
                         n_workers=runtime.get("workers"),
                         max_bad_fraction=float(params.get("max_bad_fraction", 0.05)),
+                        **({"min_level": float(params["min_level"])} if "min_level" in params else {}),
                         overwrite=bool(runtime.get("overwrite", False)),
                         progress=bool(runtime.get("progress", True)))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,8 +120,8 @@ class Manifest:
             multi = self.clips["clip_id"][self.clips["labels"].map(len) > 1].tolist()
             if multi:
                 problems.append(f"single-label manifest has clips with several labels: {_short(multi)}")
-        if check_files:
-            absent = [self.clips.at[i, "clip_id"] for i in range(len(self)) if not self.audio_path(i).is_file()]
+        if check_files:  # an entry that is there but unusable (broken link, folder) is a bad clip later
+            absent = [self.clips.at[i, "clip_id"] for i in range(len(self)) if not os.path.lexists(self.audio_path(i))]
             if absent:
                 problems.append(f"audio files missing under {self.root}: {_short(absent)}")
         if problems:
@@ -135,10 +135,13 @@ class Manifest:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write the manifest folder atomically (temp folder + rename)."""
+        """Write the manifest folder atomically (temp folder + rename). Only an existing manifest folder
+        or an empty folder is replaced; a file or another folder at `folder` is refused."""
         folder = Path(folder)
+        _check_replaceable(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.mkdir()  # respects the umask (tempfile.mkdtemp would make it 0700)
         table = self.clips.assign(labels=self.clips["labels"].map(LABEL_SEPARATOR.join))
         table.to_csv(tmp / "clips.csv", index=False)
         pd.DataFrame(self.vocabulary.to_records()).to_csv(tmp / "vocabulary.csv", index=False)
@@ -160,13 +163,18 @@ class Manifest:
         meta_path = folder / "manifest.json"
         if not meta_path.is_file():
             raise ManifestError(f"{folder}: not a manifest folder (no manifest.json); build one with `cmkd-pipe manifest`")
-        meta = json.loads(meta_path.read_text())
-        clips = pd.read_csv(folder / "clips.csv", dtype={"clip_id": str, "path": str, "labels": str, "split": str},
-                            keep_default_na=False)
+        try:
+            meta = json.loads(meta_path.read_text())
+            name, multilabel, root = meta["name"], bool(meta["multilabel"]), Path(meta["root"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ManifestError(f"{meta_path}: not a valid manifest.json ({_first_line(error)}); rebuild the "
+                                "manifest with `cmkd-pipe manifest`") from None
+        clips = _read_table(folder / "clips.csv", {"clip_id": str, "path": str, "labels": str, "split": str},
+                            ["clip_id", "path", "labels"])
         clips["labels"] = clips["labels"].map(lambda s: [l for l in s.split(LABEL_SEPARATOR) if l])
-        vocab = Vocabulary.from_records(pd.read_csv(folder / "vocabulary.csv", dtype={"id": str, "name": str},
-                                                    keep_default_na=False).to_dict("records"))
-        manifest = cls(meta["name"], clips, vocab, bool(meta["multilabel"]), Path(meta["root"]))
+        vocab = Vocabulary.from_records(_read_table(folder / "vocabulary.csv", {"id": str, "name": str},
+                                                    ["index", "id", "name"]).to_dict("records"))
+        manifest = cls(name, clips, vocab, multilabel, root)
         return manifest.validate(check_files=check_files)
 
 
@@ -183,6 +191,36 @@ def _short(items, limit: int = 10) -> str:
     items = list(items)
     text = ", ".join(map(str, items[:limit]))
     return text + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _read_table(path: Path, dtype: dict, required: list[str]) -> pd.DataFrame:
+    """A manifest csv, or one ManifestError naming the file."""
+    if not path.is_file():
+        raise ManifestError(f"{path}: missing from the manifest folder; rebuild the manifest with `cmkd-pipe manifest`")
+    try:
+        table = pd.read_csv(path, dtype=dtype, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{path}: unreadable ({_first_line(error)}); rebuild the manifest") from None
+    missing = [c for c in required if c not in table]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {missing}; rebuild the manifest")
+    return table
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Refuse an output path that holds something other than a manifest folder or nothing."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise ManifestError(f"{folder}: exists and is not a folder; choose another --out for the manifest "
+                            "(nothing was changed)")
+    if any(folder.iterdir()) and not (folder / "manifest.json").is_file():
+        raise ManifestError(f"{folder}: exists and is not a manifest folder (no manifest.json); choose another "
+                            "--out (only a manifest folder is replaced; nothing was changed)")
 
 
 def _rmtree(path: Path) -> None:

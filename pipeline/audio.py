@@ -1,12 +1,15 @@
 """Audio decoding at the door: soundfile decode, validation, downmix, band-limited resampling."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+DEFAULT_MIN_LEVEL = 1e-5  # full scale; below one 16-bit step (3.1e-5): no recorder produces a real signal there
 
 
 class AudioError(ValueError):
@@ -22,8 +25,14 @@ class AudioError(ValueError):
 def decode(path: str | Path) -> tuple[np.ndarray, int]:
     """Decode a file with soundfile into float32 [samples, channels] and its sample rate."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise AudioError(path, "not-a-file", "a folder, not an audio file")
+    if path.is_symlink() and not path.exists():
+        raise AudioError(path, "missing", f"broken symbolic link to {os.readlink(path)}")
+    if not path.exists():
         raise AudioError(path, "missing", "no such file")
+    if not path.is_file():
+        raise AudioError(path, "not-a-file", "not a regular file")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as error:  # libsndfile raises several types for corrupt input
@@ -32,11 +41,13 @@ def decode(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000, *, max_channels: int = 8,
-               min_samples: int = 400) -> torch.Tensor:
+               min_samples: int = 400, min_level: float = DEFAULT_MIN_LEVEL) -> torch.Tensor:
     """Return a mono float32 waveform at `sample_rate`; raise AudioError for unusable input.
 
     Rejected: missing or unreadable files, empty or too-short clips (fewer than `min_samples` after
-    resampling, i.e. one analysis window), more than `max_channels` channels, NaN/inf samples, silence.
+    resampling, i.e. one analysis window), more than `max_channels` channels, NaN/inf samples, silence,
+    a peak below `min_level` (below the noise floor of any recording), and constant or near-constant
+    signals (DC: spread after removing the mean below `min_level`).
     Several channels are averaged; other rates are resampled with a Kaiser-windowed sinc filter.
     """
     data, rate = decode(path)
@@ -51,8 +62,15 @@ def load_audio(path: str | Path, sample_rate: int = 16000, *, max_channels: int 
         mono = resample(mono, rate, sample_rate)
     if mono.numel() < min_samples:
         raise AudioError(path, "too-short", f"{mono.numel()} samples at {sample_rate} Hz, need {min_samples}")
-    if float(mono.abs().max()) == 0.0:
+    peak = float(mono.abs().max())
+    if peak == 0.0:
         raise AudioError(path, "silent", "all samples are zero")
+    if peak < min_level:
+        raise AudioError(path, "too-quiet", f"peak {peak:.3g} below the floor {min_level:g} (min_level)")
+    spread = float((mono.double() - mono.double().mean()).std())
+    if spread < min_level:
+        raise AudioError(path, "constant", f"no signal around the mean (std {spread:.3g} after removing "
+                                           f"DC, floor {min_level:g})")
     return mono
 
 

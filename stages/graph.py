@@ -125,15 +125,17 @@ def plan(options: RunOptions) -> list[Stage]:
         Stage("features", "features", ["manifest"],
               {"features": feature_config(profile, preset).to_dict(), "chunk_clips": 32},
               io={"manifest": manifest_dir, "out": store}, runtime=dask,
-              outputs=["features/features.zarr", "features/bad_clips.csv"]),
+              outputs=["features/features.zarr", "features/features.zarr.bad_clips.csv"]),
     ]
     for group, data_overrides in groups(profile, options.folds, options.val_on_test):
         config = resolve_config(preset_name, [*options.overrides, *data_overrides])
         train = {"pretrained_from_hub": options.pretrained_from_hub, **device,
                  "extra": {"preset": preset_name, "overrides": [*options.overrides, *data_overrides]}}
+        baseline = {**train, "extra": {**train["extra"], "overrides": [
+            item for item in train["extra"]["overrides"] if not item.startswith("kd.")]}}  # never read by it
         for fam in configured_families(config):
             name = f"{group}/train-{fam}"
-            stages.append(_train_stage(name, fam, config, store, run, train, labels={"group": group, "model": fam}))
+            stages.append(_train_stage(name, fam, config, store, run, baseline, labels={"group": group, "model": fam}))
             logits = f"{group}/logits-{fam}"
             teacher_config = select_family(config, fam)
             stages.append(Stage(logits, "teacher-logits", [name], _views(teacher_config),

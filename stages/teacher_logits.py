@@ -2,20 +2,20 @@
 
 Inputs:  a complete feature store and a teacher checkpoint (pipeline/models/checkpoint.py) trained
          on the same front-end and label vocabulary.
-Outputs: OUT (logits store, schema cmkd-pipe/logits/1): raw float32 logits [clips, views, classes]
+Outputs: OUT (logits store, schema cmkd-pipe/logits/2): raw float32 logits [clips, views, classes]
          in the feature store's row order. View 0 is the clean fbank; view v > 0 is the input
          `pipeline.views.ViewBuilder` builds for (view seed, clip id, v), exactly what the student
          replays. Every input is normalised with the teacher's own normalisation (from its checkpoint).
          Bad clips (ok = false) get the logits of their zero fbank; the student never samples them.
 Resume:  the store's provenance attrs (teacher, checkpoint sha256, views, feature fingerprint,
          vocabulary) must equal this run's, else --overwrite is needed; chunks marked done are
-         skipped; the store is `complete` once every chunk is done.
+         skipped unless their files no longer match their records (then redone); the store is
+         `complete` once every chunk is done. One writer at a time (a lock beside the store).
 """
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +35,10 @@ from pipeline.parallel import run_tasks
 from pipeline.predict import model_logits, probabilities
 from pipeline.records import atomic_path
 from pipeline.stores import logits_store as ls
-from pipeline.stores.chunks import StoreError, chunk_range, open_store, pending_chunks
+from pipeline.stores.chunks import StoreError, chunk_range, open_store, pending_chunks, prepare_output
 from pipeline.stores.feature_store import FeatureStore
+from pipeline.stores.integrity import verify_store
+from pipeline.stores.lock import store_lock
 from pipeline.training.batches import ChunkCache
 from pipeline.views import ViewBuilder
 
@@ -53,6 +55,7 @@ class ChunkTask:
     mix_mode: str
     batch_size: int
     device: str
+    generation: str
 
 
 def run_teacher_logits(features: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.PathLike, *,
@@ -78,22 +81,25 @@ def run_teacher_logits(features: str | os.PathLike, checkpoint: str | os.PathLik
     teacher = _teacher_provenance(checkpoint, store, mix_mode)
     if out.resolve() == features.resolve():
         raise ValueError(f"--out {out} is the feature store itself; choose another path for the logits store")
-    if out.exists():
-        if not _is_logits_store(out):
-            raise StoreError(f"{out}: exists and is not a logits store; choose another --out "
-                             "(--overwrite deletes only logits stores)")
-        if overwrite:
-            shutil.rmtree(out)
-    if out.exists():
-        group = ls.open_for_writing(out, ls.provenance(store, teacher, spec.to_dict()))
-    else:
-        group = ls.create_logits_store(out, store, teacher, spec.to_dict(), chunk_clips or store.chunk_clips)
+    with store_lock(out, "teacher-logits"):
+        if prepare_output(out, ls.SCHEMA, overwrite, "teacher-logits"):
+            group = ls.open_for_writing(out, ls.provenance(store, teacher, spec.to_dict()), store)
+        else:
+            group = ls.create_logits_store(out, store, teacher, spec.to_dict(), chunk_clips or store.chunk_clips)
+        return _run_locked(group, store, out, features, teacher, spec, mix_mode, batch_size, scheduler,
+                           n_workers, device, progress)
+
+
+def _run_locked(group: zarr.Group, store: FeatureStore, out: Path, features: Path, teacher: dict[str, Any],
+                spec: ViewSpec, mix_mode: str, batch_size: int, scheduler: str | None, n_workers: int | None,
+                device: str, progress: bool) -> dict[str, Any]:
     if n_workers is None and scheduler is None and device.startswith("cuda"):
         n_workers = 1  # one process owns the GPU; start one Dask worker per GPU yourself for more
     chunk = int(group.attrs["chunk_clips"])
     todo = pending_chunks(group)
     tasks = [ChunkTask(str(out.resolve()), i, str(features.resolve()), store.fingerprint, teacher["checkpoint"],
-                       teacher["checkpoint_sha256"], spec.to_dict(), mix_mode, batch_size, device) for i in todo]
+                       teacher["checkpoint_sha256"], spec.to_dict(), mix_mode, batch_size, device,
+                       group.attrs["generation"]) for i in todo]
     started = time.perf_counter()
     run_tasks(compute_chunk, tasks, scheduler=scheduler, n_workers=n_workers, desc="teacher logits",
               progress=progress)
@@ -127,12 +133,6 @@ def _device(device: str | None) -> str:
         return str(torch.device(device))
     except RuntimeError:
         raise ValueError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-
-
-def _is_logits_store(path: Path) -> bool:
-    if not (path / "zarr.json").is_file():
-        return False
-    return zarr.open_group(store=str(path), mode="r").attrs.get("schema") == ls.SCHEMA
 
 
 # ------------------------------------------------------------------------------ worker side
@@ -188,7 +188,7 @@ def compute_chunk(task: ChunkTask) -> int:
             if view > 0:
                 inputs = builder.build(rows[part], x[part], [view] * len(inputs))[0]
             logits[part, view] = model_logits(model, normalize(inputs.to(device), norm)).cpu().numpy()
-    ls.write_chunk(group, task.index, logits)
+    ls.write_chunk(group, task.index, logits, task.generation)
     return task.index
 
 
@@ -196,14 +196,16 @@ def compute_chunk(task: ChunkTask) -> int:
 
 def inspect_logits(store: str | os.PathLike, features: str | os.PathLike | None = None,
                    png: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Completeness and provenance of a logits store; with its feature store (default: the path in
+    """Completeness, integrity (`problems`: every chunk file checked against its sha256 record; the
+    store counts as complete only when there are none) and provenance of a logits store; with its feature store (default: the path in
     its attrs; pass a moved one explicitly) also the teacher's metrics per split from the view-0
     logits, and with `png` histograms of per-clip prediction entropy and confidence per split."""
     group = open_store(store, ls.SCHEMA)
     attrs = group.attrs.asdict()
     teacher = attrs["teacher"]
+    problems = verify_store(store)
     result: dict[str, Any] = {
-        "store": str(store), "complete": bool(attrs["complete"]),
+        "store": str(store), "complete": bool(attrs["complete"]) and not problems, "problems": problems,
         "chunks_done": int(np.asarray(group["chunk_done"][:]).sum()), "chunks": int(attrs["n_chunks"]),
         "clips": int(attrs["n_clips"]),
         "teacher": {k: teacher[k] for k in ("arch", "checkpoint", "checkpoint_sha256", "normalization",
@@ -214,8 +216,8 @@ def inspect_logits(store: str | os.PathLike, features: str | os.PathLike | None 
     }
     feature_path = Path(features) if features is not None else Path(attrs["feature_store"])
     skip = None
-    if not result["complete"]:
-        skip = "the store is incomplete; rerun teacher-logits to finish it"
+    if problems:
+        skip = f"the store is damaged or incomplete ({problems[0]}); rerun teacher-logits to redo those chunks"
     elif features is None and not (feature_path / "zarr.json").is_file():
         skip = f"feature store {feature_path} not found; pass --features with its new path"
     if skip:

@@ -129,6 +129,21 @@ def _bytes(path: Path, data: bytes) -> Path:
     return path
 
 
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _link(path: Path, target: Path) -> Path:
+    path.symlink_to(target)
+    return path
+
+
+def test_a_quiet_but_real_16_bit_recording_passes(tmp_path, make_tone):
+    path = write(tmp_path / "quiet.wav", make_tone(440.0, 0.5, SR, amplitude=2e-4), SR, "PCM_16")
+    assert load_audio(path, SR).abs().max() > 1e-4
+
+
 def _nan_clip(make_tone) -> np.ndarray:
     wave = make_tone(440.0, 0.5, SR)
     wave[100] = np.nan
@@ -144,6 +159,11 @@ def _nan_clip(make_tone) -> np.ndarray:
     ("silent", lambda d, t: write(d / "silent.wav", np.zeros(SR, dtype=np.float32), SR, "PCM_16")),
     ("non-finite", lambda d, t: write(d / "nan.wav", _nan_clip(t), SR)),
     ("channels", lambda d, t: write(d / "nine.wav", t(440.0, 0.5, SR, channels=9), SR, "PCM_16")),
+    ("too-quiet", lambda d, t: write(d / "tiny.wav", t(440.0, 0.5, SR, amplitude=1e-30), SR)),
+    ("constant", lambda d, t: write(d / "dc.wav", np.full(SR, 0.3, dtype=np.float32), SR)),
+    ("constant", lambda d, t: write(d / "dc16.wav", np.full(SR, 0.3, dtype=np.float32), SR, "PCM_16")),
+    ("not-a-file", lambda d, t: _folder(d / "x.wav")),
+    ("missing", lambda d, t: _link(d / "link.wav", d / "gone.wav")),
 ])
 def test_every_rejection_reason(tmp_path, make_tone, reason, make_file):
     path = make_file(tmp_path, make_tone)

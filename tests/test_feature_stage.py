@@ -166,10 +166,20 @@ def test_other_manifest_or_settings_need_overwrite(tmp_path, corpus_writer, tiny
     assert FeatureStore(store).fbank.shape == (7, 50, 128)
 
 
-def test_an_existing_folder_that_is_no_store_needs_overwrite(tmp_path, tiny_corpus):
-    (tmp_path / "features.zarr").mkdir()
-    with pytest.raises(StoreError, match="exists but is not a Zarr store.*--overwrite"):
-        run_features(tiny_corpus, tmp_path / "features.zarr", config=CONFIG, progress=False)
+def test_a_foreign_folder_or_file_is_refused_even_with_overwrite(tmp_path, tiny_corpus):
+    folder = tmp_path / "features.zarr"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(StoreError, match="exists and is not a features store.*"
+                                             "choose another --out.*nothing was changed"):
+            run_features(tiny_corpus, folder, config=CONFIG, overwrite=overwrite, progress=False)
+    assert (folder / "thesis.tex").read_text() == "mine"
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(StoreError, match="exists and is not a folder"):
+        run_features(tiny_corpus, afile, config=CONFIG, overwrite=True, progress=False)
+    assert afile.read_text() == "mine"
 
 
 # ---------------------------------------------------------------- bad clips

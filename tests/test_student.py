@@ -28,6 +28,7 @@ from pipeline.features import normalize
 from pipeline.models.checkpoint import load_checkpoint
 from pipeline.stores.feature_store import FeatureStore
 from pipeline.stores.logits_store import LogitsStore
+from pipeline.stores.integrity import reseal
 from pipeline.training.batches import batches
 from pipeline.training.distributed import DistInfo
 from pipeline.training.logs import load_metrics
@@ -258,7 +259,8 @@ def mismatched(world, tmp_path_factory, corpus_writer, make_tone, scheduler) -> 
     pytest.param("vocabulary", "views1", r"label vocabulary differs at index 2: 'c' vs 'x'", id="other vocabulary"),
     pytest.param("features", "incomplete", r"store is incomplete \(1 of 8 chunks not done\); rerun",
                  id="incomplete store"),
-    pytest.param("features", "truncated", r"chunk 1 \(clips 8-15\) cannot be read \(\w+\); rerun teacher-logits",
+    pytest.param("features", "truncated", r"chunk 1 \(clips 8-15\): data file logits/c/1/0/0 is truncated or altered .*; rerun `cmkd-pipe "
+                 r"teacher-logits` with the same arguments",
                  id="truncated chunk"),
 ])
 def test_mismatched_logits_are_refused_with_what_differs(world, mismatched, tmp_path, features, logits, message):
@@ -292,6 +294,7 @@ def test_kd_student_learns_its_teacher_not_the_labels(world):
     shifted = shutil.copytree(world["views1"], root / "shifted.zarr")
     wrong = np.roll(store.targets, 1, axis=1).astype(np.float32)  # one-hot of (y + 1) mod 3
     zarr.open_group(store=str(shifted), mode="r+")["logits"][:] = 4.0 * wrong[:, None, :]
+    reseal(shifted)  # a deliberate edit: record the new chunk files, or readers refuse them as altered
     steady = ["augment.mixup_rate=0.0", "augment.freq_mask=0", "augment.time_mask=0", "schedule.decay_start_epoch=8"]
     train(world["features"], "ast", root / "kd-shifted", preset="smoke", logits=str(shifted), progress=False,
           overrides=[*FAST, *steady, "kd.lam=0.0", "train.epochs=8", "data.epoch_len=16", "optim.lr.ast=3.0e-3"])

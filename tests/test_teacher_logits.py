@@ -202,8 +202,9 @@ def test_verify_readable_names_a_truncated_chunk(main, tmp_path):
     broken = copy_store(main["out"], tmp_path / "broken.zarr")
     chunk_file = broken / "logits" / "c" / "1" / "0" / "0"
     chunk_file.write_bytes(chunk_file.read_bytes()[:10])
-    with pytest.raises(StoreError, match=r"chunk 1 \(clips 8-15\) cannot be read.*--overwrite"):
-        ls.LogitsStore(broken).verify_readable()
+    with pytest.raises(StoreError, match=r"chunk 1 \(clips 8-15\): data file logits/c/1/0/0 is truncated.*"
+                                         r"rerun `cmkd-pipe teacher-logits` with the same arguments"):
+        ls.LogitsStore(broken)
 
 
 # ---------------------------------------------------------------- resume and provenance
@@ -230,7 +231,7 @@ def test_other_provenance_needs_overwrite(main, tmp_path, scheduler):
     save_teacher(other_teacher, main["store"], seed=1)
     with pytest.raises(StoreError, match=r"other teacher; pass --overwrite"):
         run_teacher_logits(main["features"], other_teacher, main["out"], **VIEWS, progress=False)
-    with pytest.raises(StoreError, match=r"not a logits store; choose another --out \(--overwrite deletes only"):
+    with pytest.raises(StoreError, match=r"not a logits store; choose another --out for `teacher-logits` \(--overwrite replaces only"):
         run_teacher_logits(main["features"], main["checkpoint"], tmp_path, overwrite=True, progress=False)
     assert other_teacher.is_file()  # nothing was deleted
 
@@ -317,7 +318,7 @@ def test_inspect_reports_completeness_provenance_metrics_and_plots(main, others,
     zarr.open_group(store=str(lost), mode="r+").attrs["complete"] = False
     partial = inspect_logits(lost, features=main["features"])
     assert (partial["complete"], partial["chunks_done"], partial["metrics"]) == (False, 2, None)
-    with pytest.raises(StoreError, match="cannot plot: the store is incomplete"):
+    with pytest.raises(StoreError, match="cannot plot: the store is damaged or incomplete.*not marked done"):
         inspect_logits(lost, png=tmp_path / "no.png")
 
 

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.stores.chunks import StoreError, unreadable_chunk
+
 
 class ChunkCache:
     """Reads whole Zarr chunks (along the first axis) and keeps the last `capacity` decoded in memory."""
@@ -21,7 +23,12 @@ class ChunkCache:
             self._chunks.move_to_end(index)
             return self._chunks[index]
         size = self.chunk_items
-        data = np.asarray(self.array[index * size:(index + 1) * size])
+        try:
+            data = np.asarray(self.array[index * size:(index + 1) * size])
+        except Exception as error:  # a chunk damaged after its store was opened: name it
+            where = getattr(getattr(self.array, "store", None), "root", "store")
+            raise StoreError(unreadable_chunk(where, getattr(self.array, "path", "array"), [index], size,
+                                              self.array.shape[0], error)) from None
         self._chunks[index] = data
         if len(self._chunks) > self.capacity:
             self._chunks.popitem(last=False)

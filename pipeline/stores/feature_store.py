@@ -13,12 +13,13 @@ import zarr
 
 from data_manifests.manifest import Manifest
 from pipeline.config import FeatureConfig, Normalization, fingerprint
-from pipeline.stores.chunks import (StoreError, chunk_range, create_store, mark_chunk_done, n_chunks,
-                                    open_store, pending_chunks, read_strings,
-                                    require_complete)
+from pipeline.stores.chunks import (StoreError, check_generation, chunk_range, create_store, mark_chunk_done,
+                                    n_chunks, open_store, pending_chunks, read_strings, require_complete,
+                                    unreadable_chunk)
+from pipeline.stores.integrity import content_digest, invalidate_damaged, record_chunk, require_intact
 from pipeline.version import code_version
 
-SCHEMA = "cmkd-pipe/features/1"
+SCHEMA = "cmkd-pipe/features/2"  # /2: chunk_digest, generation, content_digest
 
 
 def feature_fingerprint(manifest_hash: str, feature_config: FeatureConfig) -> str:
@@ -27,10 +28,9 @@ def feature_fingerprint(manifest_hash: str, feature_config: FeatureConfig) -> st
 
 
 def create_feature_store(path: str | os.PathLike, manifest: Manifest, config: FeatureConfig,
-                         chunk_clips: int) -> zarr.Group:
+                         chunk_clips: int, audio_checks: dict | None = None) -> zarr.Group:
     """Lay out an empty store for `manifest` (metadata, labels, splits); fbank chunks come later."""
-    n, t, f, k = len(manifest), config.target_frames, config.num_mel_bins, len(manifest.vocabulary)
-    clips = manifest.clips
+    n, t, f = len(manifest), config.target_frames, config.num_mel_bins
 
     def build(group: zarr.Group) -> None:
         group.create_array("fbank", shape=(n, t, f), chunks=(chunk_clips, t, f), dtype="float16", fill_value=0)
@@ -39,12 +39,9 @@ def create_feature_store(path: str | os.PathLike, manifest: Manifest, config: Fe
         group.create_array("reason", shape=(n,), chunks=(chunk_clips,), dtype=str)
         group.create_array("chunk_stats", shape=(n_chunks(n, chunk_clips), 3), chunks=(1, 3), dtype="float64",
                            fill_value=0)
-        for name, values, dtype in [("clip_id", clips["clip_id"].to_numpy(str), str),
-                                    ("split", clips["split"].to_numpy(str), str),
-                                    ("fold", clips["fold"].to_numpy(np.int16), "int16"),
-                                    ("weight", clips["weight"].to_numpy(np.float32), "float32")]:
-            group.create_array(name, shape=(n,), chunks=(chunk_clips,), dtype=dtype)[:] = values
-        group.create_array("targets", shape=(n, k), chunks=(chunk_clips, k), dtype="uint8")[:] = manifest.targets()
+        for name, values in manifest_columns(manifest).items():
+            group.create_array(name, shape=values.shape, chunks=(chunk_clips,) + values.shape[1:],
+                               dtype=str if values.dtype.kind == "U" else values.dtype)[:] = values
 
     attrs = {
         "schema": SCHEMA,
@@ -55,14 +52,33 @@ def create_feature_store(path: str | os.PathLike, manifest: Manifest, config: Fe
         "multilabel": manifest.multilabel,
         "chunk_clips": chunk_clips,
         "n_clips": n,
+        "audio_checks": audio_checks or {},
         "code_version": code_version(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return create_store(path, build, attrs, n_chunks(n, chunk_clips))
 
 
-def open_for_writing(path: str | os.PathLike, manifest: Manifest, config: FeatureConfig) -> zarr.Group:
-    """Open an existing store to resume it, refusing one built from another manifest or config."""
+def manifest_columns(manifest: Manifest) -> dict[str, np.ndarray]:
+    """The per-clip arrays copied from the manifest when the store is laid out."""
+    clips = manifest.clips
+    return {"clip_id": clips["clip_id"].to_numpy(str), "split": clips["split"].to_numpy(str),
+            "fold": clips["fold"].to_numpy(np.int16), "weight": clips["weight"].to_numpy(np.float32),
+            "targets": manifest.targets()}
+
+
+def restore_columns(group: zarr.Group, chunks: list[int], columns: dict[str, np.ndarray]) -> None:
+    """Rewrite the laid-out per-clip arrays of damaged chunks before they are redone."""
+    for index in chunks:
+        start, stop = chunk_range(index, int(group.attrs["chunk_clips"]), int(group.attrs["n_clips"]))
+        for name, values in columns.items():
+            group[name][start:stop] = values[start:stop]
+
+
+def open_for_writing(path: str | os.PathLike, manifest: Manifest, config: FeatureConfig,
+                     audio_checks: dict | None = None) -> zarr.Group:
+    """Open an existing store to resume it, refusing one built from another manifest or config; done
+    chunks whose files are missing or altered are marked not done, so the run redoes exactly them."""
     group = open_store(path, SCHEMA, mode="r+")
     if group.attrs["manifest_hash"] != manifest.hash():
         raise StoreError(f"{path}: built from another manifest (hash {group.attrs['manifest_hash']} != "
@@ -71,6 +87,10 @@ def open_for_writing(path: str | os.PathLike, manifest: Manifest, config: Featur
     if diff:
         raise StoreError(f"{path}: built with other feature settings ({'; '.join(diff)}); "
                          "pass --overwrite to rebuild it or choose another --out")
+    if audio_checks is not None and group.attrs.get("audio_checks") != audio_checks:
+        raise StoreError(f"{path}: built with other audio checks ({group.attrs.get('audio_checks')} != "
+                         f"{audio_checks}); pass --overwrite to rebuild it or choose another --out")
+    restore_columns(group, invalidate_damaged(group, path), manifest_columns(manifest))
     return group
 
 
@@ -84,8 +104,10 @@ class ChunkResult:
 
 
 def write_chunk(group: zarr.Group, index: int, fbank: np.ndarray, valid: np.ndarray, ok: np.ndarray,
-                reasons: list[str]) -> tuple[float, float, float]:
-    """Write one chunk's region, its statistics row, then its done marker (last)."""
+                reasons: list[str], generation: str) -> tuple[float, float, float]:
+    """Write one chunk's region, its statistics row, its file record, then its done marker (last)."""
+    root = store_root(group)
+    check_generation(group, root, generation)
     start, stop = chunk_range(index, group.attrs["chunk_clips"], group.attrs["n_clips"])
     group["fbank"][start:stop] = fbank.astype(np.float16)
     group["valid_frames"][start:stop] = valid
@@ -93,6 +115,8 @@ def write_chunk(group: zarr.Group, index: int, fbank: np.ndarray, valid: np.ndar
     group["reason"][start:stop] = np.array(reasons, dtype=str)
     stats = _chunk_statistics(fbank, valid, ok)
     group["chunk_stats"][index] = np.array(stats)
+    check_generation(group, root, generation)
+    record_chunk(group, root, index)
     mark_chunk_done(group, index)
     return stats
 
@@ -109,17 +133,23 @@ def _chunk_statistics(fbank: np.ndarray, valid: np.ndarray, ok: np.ndarray) -> t
     return total, total_sq, count
 
 
-def finalize(group: zarr.Group) -> dict:
-    """Once every chunk is done: dataset mean/std over valid frames, bad count, `complete: true`."""
+def store_root(group: zarr.Group) -> Path:
+    """The folder of a store opened from a local path."""
+    return Path(group.store.root)
+
+
+def finalize(group: zarr.Group, bad_clips: str | os.PathLike = "the bad clips list") -> dict:
+    """Once every chunk is done: dataset mean/std over valid frames, bad count, content digest,
+    `complete: true`."""
     if pending_chunks(group):
         raise StoreError("cannot finalize: chunks still pending")
     total, total_sq, count = np.asarray(group["chunk_stats"][:]).sum(axis=0)
     if count == 0:
-        raise StoreError("no usable clip in the whole corpus: every clip was rejected (see bad_clips.csv)")
+        raise StoreError(f"no usable clip in the whole corpus: every clip was rejected (see {bad_clips})")
     mean = total / count
     std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
     n_bad = int((~np.asarray(group["ok"][:])).sum())
-    summary = {"mean": float(mean), "std": float(std), "n_bad": n_bad}
+    summary = {"mean": float(mean), "std": float(std), "n_bad": n_bad, "content_digest": content_digest(group)}
     group.attrs.update({**summary, "complete": True})
     return summary
 
@@ -140,12 +170,14 @@ class FeatureStore:
         self.path = Path(path)
         self.group = open_store(self.path, SCHEMA, mode="r")
         require_complete(self.group, self.path)
+        require_intact(self.group, self.path, "features")
         attrs = self.group.attrs
         self.feature_config = FeatureConfig.from_dict(attrs["feature_config"])
         self.vocabulary: list[dict] = list(attrs["vocabulary"])
         self.multilabel: bool = bool(attrs["multilabel"])
         self.chunk_clips: int = int(attrs["chunk_clips"])
         self.manifest_hash: str = attrs["manifest_hash"]
+        self.content_digest: str = attrs["content_digest"]
         self.mean: float = float(attrs["mean"])
         self.std: float = float(attrs["std"])
         self.fbank = self.group["fbank"]
@@ -179,7 +211,11 @@ class FeatureStore:
         """fbank rows for sorted or unsorted indices, as float32 [n, T, F] (reads whole chunks once)."""
         indices = np.asarray(indices)
         order = np.argsort(indices, kind="stable")
-        rows = self.fbank.get_orthogonal_selection((indices[order],))
+        try:
+            rows = self.fbank.get_orthogonal_selection((indices[order],))
+        except Exception as error:  # a chunk damaged after the store was opened: name it
+            raise StoreError(unreadable_chunk(self.path, "fbank", sorted(set(indices // self.chunk_clips)),
+                                              self.chunk_clips, len(self), error)) from None
         out = np.empty_like(rows, dtype=np.float32)
         out[order] = rows
         return out

@@ -9,12 +9,14 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.stores.chunks import (StoreError, chunk_range, create_store, mark_chunk_done, n_chunks, open_store,
-                                    read_strings, require_complete)
-from pipeline.stores.feature_store import FeatureStore
+from pipeline.stores.chunks import (StoreError, check_generation, chunk_range, create_store, mark_chunk_done,
+                                    n_chunks, open_store, read_strings, require_complete, unreadable_chunk)
+from pipeline.stores.feature_store import FeatureStore, restore_columns, store_root
+from pipeline.stores.integrity import (chunk_problems, content_digest, describe, invalidate_damaged, record_chunk,
+                                       require_intact)
 from pipeline.version import code_version
 
-SCHEMA = "cmkd-pipe/logits/1"
+SCHEMA = "cmkd-pipe/logits/2"  # /2: chunk_digest, generation, content digests
 
 
 def vocabulary_hash(vocabulary: list[dict]) -> str:
@@ -31,6 +33,7 @@ def provenance(features: FeatureStore, teacher: dict[str, Any], views: dict[str,
         "vocabulary": features.vocabulary,
         "vocabulary_hash": vocabulary_hash(features.vocabulary),
         "feature_fingerprint": features.fingerprint,
+        "feature_content_digest": features.content_digest,
         "feature_store": str(features.path.resolve()),
         "multilabel": features.multilabel,
         "views": views,
@@ -53,24 +56,31 @@ def create_logits_store(path: str | os.PathLike, features: FeatureStore, teacher
     return create_store(path, build, attrs, n_chunks(n, chunk_clips))
 
 
-def open_for_writing(path: str | os.PathLike, expected: dict[str, Any]) -> zarr.Group:
-    """Reopen a store to resume it; refuse one computed from another teacher, feature store or views."""
+def open_for_writing(path: str | os.PathLike, expected: dict[str, Any], features: FeatureStore) -> zarr.Group:
+    """Reopen a store to resume it; refuse one computed from another teacher, feature store or views.
+    Done chunks whose files are missing or altered are marked not done, so the run redoes exactly them."""
     group = open_store(path, SCHEMA, mode="r+")
     differ = [key for key, value in expected.items() if key != "feature_store" and group.attrs.get(key) != value]
     if differ:
         raise StoreError(f"{path}: was computed with other {', '.join(differ)}; "
                          "pass --overwrite to recompute it or choose another --out")
+    restore_columns(group, invalidate_damaged(group, path), {"clip_id": features.clip_ids})
     return group
 
 
-def write_chunk(group: zarr.Group, index: int, logits: np.ndarray) -> None:
+def write_chunk(group: zarr.Group, index: int, logits: np.ndarray, generation: str) -> None:
+    """Write one chunk's logits, its file record, then its done marker (last)."""
+    root = store_root(group)
+    check_generation(group, root, generation)
     start, stop = chunk_range(index, group.attrs["chunk_clips"], group.attrs["n_clips"])
     group["logits"][start:stop] = logits.astype(np.float32)
+    check_generation(group, root, generation)
+    record_chunk(group, root, index)
     mark_chunk_done(group, index)
 
 
 def finalize(group: zarr.Group) -> None:
-    group.attrs.update({"complete": True})
+    group.attrs.update({"complete": True, "content_digest": content_digest(group)})
 
 
 class LogitsStore:
@@ -80,6 +90,7 @@ class LogitsStore:
         self.path = Path(path)
         self.group = open_store(self.path, SCHEMA, mode="r")
         require_complete(self.group, self.path)
+        require_intact(self.group, self.path, "teacher-logits")
         self.attrs = self.group.attrs.asdict()
         self.logits = self.group["logits"]
         self.chunk_clips = int(self.attrs["chunk_clips"])
@@ -98,19 +109,28 @@ class LogitsStore:
         wanted = features.vocabulary if vocabulary is None else vocabulary
         if self.attrs["vocabulary_hash"] != vocabulary_hash(wanted):
             problems.append(_vocabulary_difference(self.attrs["vocabulary"], wanted))
+        if not problems and self.attrs.get("feature_content_digest") != features.content_digest:
+            problems.append(f"computed from other feature data (feature store content digest "  # same ids, labels
+                            f"{str(self.attrs.get('feature_content_digest'))[:16]} recorded by this logits store, "
+                            f"{features.content_digest[:16]} in {features.path}: another corpus or a rebuilt store)")
         if problems:
             raise StoreError(f"{self.path}: logits store does not match: " + "; ".join(problems) +
                              ". Recompute it with `cmkd-pipe teacher-logits` for these features")
 
     def verify_readable(self) -> None:
-        """Decode every chunk once; a truncated or corrupt chunk is named in the error."""
+        """Check every chunk file's sha256 against its record and decode every chunk once: a missing,
+        truncated, altered or undecodable chunk, or non-finite logits, is named in the error."""
+        problems = describe(self.group, self.path, chunk_problems(self.group, self.path, deep=True))
+        if problems:
+            raise StoreError(f"{problems[0]}; rerun `cmkd-pipe teacher-logits` with the same arguments: "
+                             "damaged chunks are redone")
         for index in range(int(self.attrs["n_chunks"])):
             start, stop = chunk_range(index, self.chunk_clips, len(self.clip_ids))
             try:
                 block = np.asarray(self.logits[start:stop])
             except Exception as error:
-                raise StoreError(f"{self.path}: chunk {index} (clips {start}-{stop - 1}) cannot be read "
-                                 f"({type(error).__name__}); rerun teacher-logits with --overwrite") from None
+                raise StoreError(unreadable_chunk(self.path, "logits", [index], self.chunk_clips,
+                                                  len(self.clip_ids), error)) from None
             if not np.isfinite(block).all():
                 raise StoreError(f"{self.path}: chunk {index} holds non-finite logits; rerun teacher-logits "
                                  "with --overwrite")

@@ -68,7 +68,8 @@ def build_trainer(request: TrainRequest, dist: DistInfo) -> Trainer:
                              batch_size=batch_size, amp=amp)
     meta = {"feature_config": store.feature_config.to_dict(), "normalization": norm.to_dict(),
             "vocabulary": store.vocabulary,
-            "extra": {"arch": arch, "feature_fingerprint": store.fingerprint, **request.extra}}
+            "extra": {"arch": arch, "feature_fingerprint": store.fingerprint,
+                      "multilabel": store.multilabel, **request.extra}}
     return Trainer(config=config, store=store, splits=splits, core=core, model=model, optimizer=optimizer,
                    scheduler=scheduler, sampler=sampler, loss=loss, teacher=teacher, norm=norm, dist=dist,
                    out=request.out_dir, checkpoint_meta=meta,
