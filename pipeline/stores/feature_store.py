@@ -172,7 +172,8 @@ class FeatureStore:
         return Normalization(self.mean, self.std, divisor)
 
     def select(self, spec: str) -> np.ndarray:
-        """Indices of good clips matching a split spec: 'train', 'val,eval', 'fold==1', 'fold!=1', 'all'."""
+        """Indices of good clips matching a split spec: 'train', 'val,eval', 'fold==1', 'fold!=1',
+        'fold!=1,2' (every fold but 1 and 2), 'all'."""
         return self.ok.nonzero()[0][select_mask(spec, self.splits, self.folds)[self.ok]]
 
     def read(self, indices: np.ndarray) -> np.ndarray:
@@ -193,12 +194,16 @@ def select_mask(spec: str, splits: np.ndarray, folds: np.ndarray) -> np.ndarray:
     for op in ("==", "!="):
         if spec.startswith("fold" + op):
             try:
-                fold = int(spec[len("fold") + 2:])
+                wanted = [int(part) for part in spec[len("fold") + 2:].split(",")]
             except ValueError:
-                raise StoreError(f"split spec {spec!r}: expected fold==K or fold!=K with an integer K") from None
-            if fold not in set(folds.tolist()):
-                raise StoreError(f"split spec {spec!r}: no clip has fold {fold} (folds: {sorted(set(folds.tolist()))})")
-            return folds == fold if op == "==" else folds != fold
+                raise StoreError(f"split spec {spec!r}: expected fold==K or fold!=K with integers K "
+                                 "(several: fold!=1,2)") from None
+            absent = sorted(set(wanted) - set(folds.tolist()))
+            if absent:
+                raise StoreError(f"split spec {spec!r}: no clip has fold {absent[0]} "
+                                 f"(folds: {sorted(set(folds.tolist()))})")
+            inside = np.isin(folds, wanted)
+            return inside if op == "==" else ~inside
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = sorted(set(names) - set(splits.tolist()))
     if unknown:
