@@ -39,7 +39,7 @@ SNR_DB = (6.0, 30.0)  # event (where it sounds) against the noise/hum floor
 FAINT_EVENT_DB = (10.0, 20.0)  # how far below the clip's event the faint other-class events sit
 
 
-def make_demo_corpus(out_dir: Path, *, multilabel: bool = False, clips_per_class: int = 40, n_folds: int = 5,
+def make_demo_corpus(out_dir: Path, *, multilabel: bool = False, clips_per_class: int = 80, n_folds: int = 5,
                      clip_seconds: float = 2.0, sample_rate: int = 16000, seed: int = 0) -> Manifest:
     """Write `out_dir/audio/<clip_id>.wav` and the manifest folder `out_dir/manifest`; return the manifest.
 
