@@ -32,6 +32,7 @@ WORK = Path("runs/demo-recipe")
 # name → (family, --set overrides on the demo preset). Data splits are added per group.
 _CNN_GN = ["model.cnn.arch=timm:test_efficientnet_gn"]
 _COSINE = ["schedule.kind=cosine", "schedule.min_lr_ratio=0.02"]
+_NO_AUG = ["augment.freq_mask=0", "augment.time_mask=0"]
 
 
 def _epochs(n: int, wa_last: int | None = None) -> list[str]:
@@ -56,6 +57,14 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "ast-ov8-20-mix": ("ast", _ast(8, 8) + _COSINE + _epochs(20) + ["augment.mixup_rate=0.5"]),
     # AST with time overlap only: 4 x 24 = 96 patches (half the cost)
     "ast-t8-20": ("ast", _ast(16, 8) + _COSINE + _epochs(20)),
+    # BatchNorm EfficientNet with the cosine schedule (the chosen CNN)
+    "cnn-bn-cos-16": ("cnn", _COSINE + _epochs(16)),
+    # is the AST held back by augmentation, lr or batch size? (12 epochs each)
+    "ast-ov8-noaug-12": ("ast", _ast(8, 8) + _COSINE + _epochs(12, 3) + _NO_AUG),
+    "ast-ov8-noaug-lr3-12": ("ast", _ast(8, 8) + _COSINE + _epochs(12, 3) + _NO_AUG + ["optim.lr.ast=3.0e-3"]),
+    "ast-ov8-halfaug-12": ("ast", _ast(8, 8) + _COSINE + _epochs(12, 3) + ["augment.freq_mask=6", "augment.time_mask=20"]),
+    "ast-ov8-noaug-bs8-12": ("ast", _ast(8, 8) + _COSINE + _epochs(12, 3) + _NO_AUG
+                             + ["data.batch_size=8", "schedule.warmup_steps=40"]),
 }
 # extra candidates may be given on the command line as NAME=FAMILY:override;override;...
 
@@ -163,7 +172,8 @@ def search(args: argparse.Namespace) -> None:
             out = args.work / f"search-{args.clips_per_class}" / name / f"val-{val_fold(test)}"
             jobs.append({"kind": "train", "family": fam, "features": str(store), "out": str(out),
                          "overrides": overrides + search_splits(test)})
-    run_jobs(jobs, args.jobs)
+    if not args.table_only:
+        run_jobs(jobs, args.jobs)
     print(f"\nVALIDATION accuracy (corpus {args.clips_per_class} clips/class; group k: val fold k+1; "
           "single = last epoch, mean ± sample std over groups)")
     print(f"{'candidate':22s} {'single':>15s} {'WA':>15s} {'best-epoch':>15s} {'Δlast¼':>7s} {'SE':>5s} "
@@ -172,14 +182,19 @@ def search(args: argparse.Namespace) -> None:
         rows = []
         for test in groups:
             out = args.work / f"search-{args.clips_per_class}" / name / f"val-{val_fold(test)}"
+            if not (out / "results.json").is_file():
+                continue  # --table-only: not trained (or interrupted)
             results = json.loads((out / "results.json").read_text())
             values = curve(out, "val_accuracy")
             change, se = plateau(values, results["n_test"])
             rows.append((results["last"]["accuracy"], (results.get("wa") or results["last"])["accuracy"],
                          results["best"]["accuracy"], change, se, results.get("seconds", float("nan")),
                          results["epochs"]))
+        if not rows:
+            continue
         a = np.array(rows, dtype=np.float64)
-        cell = lambda col: f"{a[:, col].mean():.3f} ± {a[:, col].std(ddof=1) if len(a) > 1 else 0:.3f}"  # noqa: E731
+        cell = lambda col: (f"{a[:, col].mean():.3f} ± {a[:, col].std(ddof=1):.3f}" if len(a) > 1  # noqa: E731
+                            else f"{a[0, col]:.3f} (n=1)")
         print(f"{name:22s} {cell(0):>15s} {cell(1):>15s} {cell(2):>15s} {a[:, 3].mean():+7.3f} "
               f"{a[:, 4].mean():5.3f} {a[:, 5].mean():7.1f} {int(a[0, 6]):6d}")
 
@@ -227,6 +242,7 @@ def main() -> None:
         p.add_argument("--jobs", type=int, default=2, help="trainings at a time, one thread each")
     sub.choices["search"].add_argument("--candidates", default="", help="comma list (default: all)")
     sub.choices["search"].add_argument("--extra", nargs="*", default=[], help="NAME=FAMILY:k=v;k=v ...")
+    sub.choices["search"].add_argument("--table-only", action="store_true", help="print finished runs, train nothing")
     sub.choices["cmkd"].add_argument("--recipe", required=True, help="JSON: {cnn: [..], ast: [..], views: {..}}")
     sub.choices["cmkd"].add_argument("--online", default="ast-from-cnn", help="online-teacher student S-from-T")
     sub.choices["cmkd"].add_argument("--student-epochs", type=int, default=None)
