@@ -57,6 +57,9 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "ast-ov8-20-mix": ("ast", _ast(8, 8) + _COSINE + _epochs(20) + ["augment.mixup_rate=0.5"]),
     # AST with time overlap only: 4 x 24 = 96 patches (half the cost)
     "ast-t8-20": ("ast", _ast(16, 8) + _COSINE + _epochs(20)),
+    # does the AST leave its plateau given many more epochs? (16x16 patches are 4x cheaper than overlap 8)
+    "ast16-cos-60": ("ast", _ast(16, 16) + _COSINE + _epochs(60)),
+    "ast-ov8-cos-60": ("ast", _ast(8, 8) + _COSINE + _epochs(60)),
     # BatchNorm EfficientNet with the cosine schedule (the chosen CNN)
     "cnn-bn-cos-16": ("cnn", _COSINE + _epochs(16)),
     # is the AST held back by augmentation, lr or batch size? (12 epochs each)
