@@ -78,7 +78,10 @@ class Run:
     @property
     def online(self) -> bool:
         """Trained against a live frozen teacher rather than cached logits."""
-        return self.name.endswith("-online") or (self.results.get("teacher") or {}).get("mode") == "online"
+        if self.name.endswith("-online") or (self.results.get("teacher") or {}).get("mode") == "online":
+            return True
+        record = _json_or_none(self.path / RECORD)
+        return isinstance(record, dict) and (record.get("labels") or {}).get("teaching") == "online"
 
     @property
     def best_on_test(self) -> bool:
