@@ -8,18 +8,22 @@ PYTHON ?= python3.11
 VENV ?= .venv
 CLI := $(abspath $(VENV))/bin/cmkd-pipe
 DATASET ?= demo
-DATA_ROOT ?= data/$(DATASET)
+DATA_ROOT ?=
 RUN_DIR ?= runs/$(DATASET)
 NPROC ?= 1
 SCHEDULER ?=
 SET ?=
+FOLDS ?=
+PRESET ?=
+JOBS ?= 1
 HUB ?=
 PYTEST_ARGS ?=
 PLAN := $(RUN_DIR)/plan.mk
-PLAN_ARGS = --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) --nproc $(NPROC) \
-	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(HUB),--pretrained-from-hub) $(foreach s,$(SET),--set '$(s)')
+PLAN_ARGS = --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --run-dir $(RUN_DIR) --nproc $(NPROC) \
+	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(HUB),--pretrained-from-hub) $(foreach s,$(SET),--set '$(s)') \
+	$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET))
 
-.PHONY: install test demo cmkd manifest features train teacher-logits train-student report status plan
+.PHONY: install test demo gpu-check cmkd manifest features train teacher-logits train-student report status plan
 
 install: $(VENV)/.installed
 
@@ -40,12 +44,21 @@ demo:
 plan: install
 	$(CLI) plan $(PLAN_ARGS) --cli $(CLI) --out $(PLAN)
 
+# JOBS=N runs N independent stages at once, each with cores/N threads.
+THREADS = $(shell echo $$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 )))
+
 cmkd: plan
-	$(MAKE) -f $(PLAN) stage-all
+	OMP_NUM_THREADS=$(THREADS) $(MAKE) -j$(JOBS) -f $(PLAN) stage-all
 	@cat $(RUN_DIR)/report/report.md
 
 manifest features train teacher-logits train-student report: plan
-	$(MAKE) -f $(PLAN) stage-$@
+	OMP_NUM_THREADS=$(THREADS) $(MAKE) -j$(JOBS) -f $(PLAN) stage-$@
 
 status: install
-	$(CLI) status --dataset $(DATASET) --data-root $(DATA_ROOT) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set '$(s)')
+	$(CLI) status --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set '$(s)') \
+		$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET))
+
+# The prepared GPU check (benchmarks/gpu.py): one JSON of teacher-inference and student-step numbers on the
+# paper-size models; without CUDA a tiny CPU version that only proves it runs.
+gpu-check: install
+	$(VENV)/bin/python -m benchmarks.gpu --out benchmarks/gpu-check.json

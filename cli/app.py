@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import fail, print_json
+from cli.common import ErrorBoundary, fail, print_json
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CNN/Transformer cross-model knowledge distillation for audio classification.")
 
 Scheduler = Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786); "
@@ -39,24 +39,12 @@ def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset
     import yaml
 
     from data_manifests.builders import build_manifest
-    from data_manifests.manifest import ManifestError
 
     options = {}
     for item in option:
         key, _, value = item.partition("=")
         options[key.replace("-", "_")] = yaml.safe_load(value)
-    try:
-        if kind == "demo":
-            from data_manifests.demo import make_demo_corpus
-            from data_manifests.manifest import Manifest
-
-            existing = root / "manifest"
-            built = (Manifest.load(existing) if (existing / "manifest.json").is_file()
-                     else make_demo_corpus(root, **options))
-        else:
-            built = build_manifest(kind, root, **options)
-    except (ManifestError, FileNotFoundError, ValueError) as error:
-        fail(error)
+    built = build_manifest(kind, root, **options)
     built.save(out)
     typer.echo(f"{len(built)} clips, {len(built.vocabulary)} classes, "
                f"{'multi' if built.multilabel else 'single'}-label → {out}")
@@ -73,19 +61,15 @@ def features(manifest_dir: Annotated[Path, typer.Option("--manifest", help="mani
              max_bad_fraction: Annotated[float, typer.Option(help="fail when more clips than this are unusable")] = 0.05,
              overwrite: bool = False) -> None:
     """Compute the Kaldi fbank of every clip into a chunked Zarr store (resumable, Dask-parallel)."""
+    from cli import stage_runner
     from pipeline.config import FeatureConfig
-    from pipeline.parallel import StageTasksFailed
-    from pipeline.stores.chunks import StoreError
-    from stages.features import TooManyBadClips, run_features
-    from data_manifests.manifest import ManifestError
 
     config = FeatureConfig(sample_rate=sample_rate, num_mel_bins=num_mel_bins, frame_length_ms=frame_length_ms,
                            frame_shift_ms=frame_shift_ms, target_frames=target_frames)
-    try:
-        summary = run_features(manifest_dir, out, config=config, chunk_clips=chunk_clips, scheduler=scheduler,
-                               n_workers=workers, max_bad_fraction=max_bad_fraction, overwrite=overwrite)
-    except (StoreError, ManifestError, TooManyBadClips, StageTasksFailed) as error:
-        fail(error)
+    summary = stage_runner.features(
+        {"features": config.to_dict(), "chunk_clips": chunk_clips, "max_bad_fraction": max_bad_fraction},
+        {"manifest": str(manifest_dir), "out": str(out)},
+        {"scheduler": scheduler, "workers": workers, "overwrite": overwrite})
     print_json(summary)
 
 
@@ -97,16 +81,17 @@ Model = Annotated[str, typer.Option("--model", help="cnn | ast | timm:NAME (any 
 def _train_command(features: Path, model: str, out: Path, preset: str, overrides: list[str], resume: bool,
                    weights: Optional[Path], new_head: bool, pretrained_from_hub: bool, device: Optional[str],
                    logits: Optional[Path] = None, teacher: Optional[Path] = None) -> None:
-    from pipeline.stores.chunks import StoreError
-    from stages.train import train
+    from cli import stage_runner
+    from pipeline.training.presets import resolve_config
 
-    try:
-        results = train(features, model, out, preset=preset, overrides=overrides, resume=resume,
-                        weights=str(weights) if weights else None, new_head=new_head,
-                        logits=str(logits) if logits else None, teacher=str(teacher) if teacher else None,
-                        device=device, allow_download=pretrained_from_hub)
-    except (StoreError, ValueError, FileNotFoundError) as error:
-        fail(error)
+    teacher_io = {"teacher": str(logits or teacher)} if (logits or teacher) else {}
+    results = stage_runner.train(
+        {"family": model, "config": resolve_config(preset, overrides),
+         "teacher": "logits" if logits else "checkpoint" if teacher else None},
+        {"features": str(features), "out": str(out), **teacher_io},
+        {"resume": resume, "weights": str(weights) if weights else None, "new_head": new_head,
+         "device": device, "pretrained_from_hub": pretrained_from_hub,
+         "extra": {"preset": preset, "overrides": list(overrides)}})
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports
     metric = results["metric"]
@@ -131,18 +116,36 @@ def train_cmd(features: Annotated[Path, typer.Option(help="feature store (.zarr)
 
 
 @app.command("train-student")
-def train_student_cmd(features: Annotated[Path, typer.Option(help="feature store (.zarr)")],
-                      out: Annotated[Path, typer.Option(help="run folder")],
-                      logits: Annotated[Optional[Path], typer.Option(help="cached teacher logits (stage one output)")] = None,
+def train_student_cmd(logits: Annotated[Optional[Path], typer.Option(help="cached teacher logits (stage one output)")] = None,
                       teacher: Annotated[Optional[Path], typer.Option(help="reference mode: online frozen teacher checkpoint")] = None,
-                      model: Model = "cnn", preset: Preset = "demo", set_: Set = [],
-                      resume: bool = False, weights: Optional[Path] = None, new_head: bool = False,
+                      features: Annotated[Optional[Path], typer.Option(help="feature store (default: the one the "
+                                                                            "logits were computed on)")] = None,
+                      out: Annotated[Optional[Path], typer.Option(help="run folder (default: student-MODEL-from-"
+                                                                       "TEACHER beside the store)")] = None,
+                      model: Annotated[Optional[str], typer.Option(help="cnn | ast | timm:NAME (default: the other "
+                                                                        "family than the teacher's)")] = None,
+                      preset: Annotated[Optional[str], typer.Option(help="training preset (default: the teacher's, "
+                                                                         "with its overrides)")] = None,
+                      set_: Set = [], resume: bool = False, weights: Optional[Path] = None, new_head: bool = False,
                       pretrained_from_hub: bool = False, device: Optional[str] = None) -> None:
-    """Train a student with the CMKD loss against cached teacher logits (or an online teacher)."""
+    """Train a student with the CMKD loss against cached teacher logits (or an online teacher).
+
+    `cmkd-pipe train-student --logits store.zarr` is enough: the feature store, recipe and model family come
+    from the store's provenance; every default is printed at the start and any flag overrides it."""
+    from pipeline.training.student_defaults import student_defaults
+
     if (logits is None) == (teacher is None):
         fail(ValueError("give exactly one of --logits STORE (cached teacher) or --teacher CKPT (online teacher)"))
-    _train_command(features, model, out, preset, set_, resume, weights, new_head, pretrained_from_hub, device,
-                   logits=logits, teacher=teacher)
+    defaults = student_defaults(logits, teacher)
+    defaults.features = features or defaults.features
+    defaults.model = model or defaults.model
+    if preset:
+        defaults.preset, defaults.overrides = preset, []
+    defaults.overrides += list(set_)
+    defaults.out = out or defaults.out.with_name(f"student-{defaults.model}-from-{defaults.teacher_family}")
+    typer.echo(defaults.describe())
+    _train_command(defaults.features, defaults.model, defaults.out, defaults.preset, defaults.overrides, resume,
+                   weights, new_head, pretrained_from_hub, device, logits=logits, teacher=teacher)
 
 
 @app.command("evaluate")
@@ -206,13 +209,36 @@ Dataset = Annotated[str, typer.Option(help="demo, demo-multilabel, esc50, fsd50k
 
 
 def _run_options(dataset: str, data_root: Optional[Path], run_dir: Optional[Path], set_: list[str],
-                 scheduler: Optional[str], workers: Optional[int], nproc: int, device: Optional[str],
-                 pretrained_from_hub: bool = False):
+                 scheduler: Optional[str] = None, workers: Optional[int] = None, nproc: int = 1,
+                 device: Optional[str] = None, pretrained_from_hub: bool = False, folds: Optional[str] = None,
+                 val_on_test: bool = False, jobs: int = 1, preset: Optional[str] = None):
+    """The run's options; what is not given is taken from the run's run.json (what its last `run` used),
+    so `status` or a rerun typed without DATA_ROOT, SET or PRESET means the same run."""
+    from pipeline.records import read_json
     from stages.graph import RunOptions
 
-    return RunOptions(dataset=dataset, run_dir=run_dir or Path("runs") / dataset,
-                      data_root=data_root or Path("data") / dataset, overrides=set_, scheduler=scheduler,
-                      workers=workers, nproc=nproc, device=device, pretrained_from_hub=pretrained_from_hub)
+    run_dir = run_dir or Path("runs") / dataset
+    recorded = read_json(run_dir / "run.json") or {}
+    if recorded.get("dataset") not in (None, dataset):
+        recorded = {}
+    try:
+        fold_list = [int(f) for f in folds.split(",") if f.strip()] if folds else recorded.get("folds")
+    except ValueError:
+        fail(ValueError(f"--folds {folds!r}: give fold numbers separated by commas, e.g. --folds 1,3"))
+    root = data_root or Path(recorded.get("data_root") or Path("data") / dataset)
+    return RunOptions(dataset=dataset, run_dir=run_dir, data_root=root,
+                      overrides=list(set_) if set_ else list(recorded.get("overrides") or []),
+                      scheduler=scheduler, workers=workers, nproc=nproc, device=device,
+                      pretrained_from_hub=pretrained_from_hub, folds=fold_list,
+                      val_on_test=val_on_test or bool(recorded.get("val_on_test")), jobs=jobs,
+                      preset=preset or recorded.get("preset"))
+
+
+RunPreset = Annotated[Optional[str], typer.Option(help="training preset, a name (cpu-small, esc50, …) or your own "
+                                                       "YAML file; default: the dataset's")]
+Folds = Annotated[Optional[str], typer.Option(help="test folds to run, e.g. 1,3 (default: the dataset's)")]
+ValOnTest = Annotated[bool, typer.Option(help="the official ESC-50 recipe: choose the best epoch on the test fold "
+                                              "(labelled in the report); default: validate on the next fold")]
 
 
 HubOption = Annotated[bool, typer.Option(help="let training stages download ImageNet weights from timm's hub")]
@@ -225,21 +251,39 @@ def run_cmd(dataset: Dataset = "demo", data_root: Annotated[Optional[Path], type
             only: Annotated[Optional[str], typer.Option(help="run just this stage (name or kind)")] = None,
             set_: Set = [], scheduler: Scheduler = None, workers: Workers = None,
             nproc: Annotated[int, typer.Option(help="processes per training stage (torchrun DDP)")] = 1,
-            device: Optional[str] = None, pretrained_from_hub: HubOption = False) -> None:
+            device: Optional[str] = None, pretrained_from_hub: HubOption = False, folds: Folds = None,
+            val_on_test: ValOnTest = False, preset: RunPreset = None,
+            jobs: Annotated[int, typer.Option(help="stages run at the same time (each gets cores/jobs threads)")] = 1,
+            clean: Annotated[bool, typer.Option(help="delete a rerun stage's previous outputs once it succeeds "
+                                                     "(default: keep them in <stage>/previous/)")] = False
+            ) -> None:
     """Run the CMKD experiment of a dataset: only the stages not done (or stale), then print the report."""
     from stages import graph
 
     options = _run_options(dataset, data_root, run_dir, set_, scheduler, workers, nproc, device,
-                           pretrained_from_hub)
-    try:
-        ran = graph.run(options, until=until, only=only, echo=typer.echo)
-    except (graph.StageFailed, ValueError) as error:
-        fail(error)
+                           pretrained_from_hub, folds, val_on_test, jobs, preset)
+    options.clean = clean
+    ran = graph.run(options, until=until, only=only, echo=typer.echo)
     if not ran:
         typer.echo("everything requested is up to date")
     report = options.run_dir / "report" / "report.md"
     if report.is_file() and not until and not only:
         typer.echo(report.read_text())
+    elif until:
+        _print_partial_report(options.run_dir)
+
+
+def _print_partial_report(run_dir: Path) -> None:
+    """The report of the runs that exist so far (after `run --until`), built aside, not recorded."""
+    import tempfile
+
+    from stages.report import ReportError, build_report, markdown
+
+    with tempfile.TemporaryDirectory() as out:
+        try:
+            typer.echo(markdown(build_report(run_dir, out)))
+        except ReportError:
+            pass  # no training run finished yet: nothing to report
 
 
 app.command("cmkd", help="The whole CMKD experiment of a dataset (same as `run` without --until/--only).")(run_cmd)
@@ -247,11 +291,11 @@ app.command("cmkd", help="The whole CMKD experiment of a dataset (same as `run` 
 
 @app.command("status")
 def status_cmd(dataset: Dataset = "demo", data_root: Optional[Path] = None, run_dir: Optional[Path] = None,
-               set_: Set = []) -> None:
+               set_: Set = [], folds: Folds = None, val_on_test: ValOnTest = False, preset: RunPreset = None) -> None:
     """Table of stages: done / stale (why) / failed (last error, log) / not started, with chunk progress."""
     from stages import graph
 
-    options = _run_options(dataset, data_root, run_dir, set_, None, None, 1, None)
+    options = _run_options(dataset, data_root, run_dir, set_, folds=folds, val_on_test=val_on_test, preset=preset)
     rows = graph.status_rows(options)
     width = max(len(r["stage"]) for r in rows)
     for row in rows:
@@ -262,15 +306,26 @@ def status_cmd(dataset: Dataset = "demo", data_root: Optional[Path] = None, run_
 def plan_cmd(out: Annotated[Path, typer.Option(help="Make include file to write")],
              dataset: Dataset = "demo", data_root: Optional[Path] = None, run_dir: Optional[Path] = None,
              set_: Set = [], scheduler: Scheduler = None, nproc: int = 1, pretrained_from_hub: HubOption = False,
+             folds: Folds = None, val_on_test: ValOnTest = False, preset: RunPreset = None,
              cli: Annotated[str, typer.Option(help="how Make calls the CLI")] = "cmkd-pipe") -> None:
     """Write Make rules whose targets are the stages' completion records (used by the Makefile)."""
     from pipeline.records import write_text_atomic
     from stages import graph
 
-    options = _run_options(dataset, data_root, run_dir, set_, scheduler, None, nproc, None, pretrained_from_hub)
+    options = _run_options(dataset, data_root, run_dir, set_, scheduler, None, nproc, None, pretrained_from_hub,
+                           folds, val_on_test, preset=preset)
     rules = graph.make_rules(options, cli)
     if not out.is_file() or out.read_text() != rules:
         write_text_atomic(out, rules)
+
+
+@app.command("run-stage")
+def run_stage_cmd(folder: Annotated[Path, typer.Argument(help="a stage folder holding the config.json the graph wrote")]
+                  ) -> None:
+    """Run one stage exactly as its config.json says (what `run` and Make execute)."""
+    from cli import stage_runner
+
+    stage_runner.run_stage_dir(folder)
 
 
 def _register_stage_commands() -> None:

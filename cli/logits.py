@@ -12,9 +12,10 @@ from cli.common import fail, print_json
 
 
 def teacher_logits(
-    features: Annotated[Path, typer.Option(help="complete feature store (.zarr)")],
     checkpoint: Annotated[Path, typer.Option(help="teacher checkpoint (.pt) trained on these features")],
     out: Annotated[Path, typer.Option(help="logits store to write or resume (.zarr)")],
+    features: Annotated[Optional[Path], typer.Option(help="complete feature store (.zarr); default: the one the "
+                                                          "checkpoint was trained on")] = None,
     views: Annotated[int, typer.Option(help="views per clip: view 0 clean, the others SpecAugment + mixup")] = 1,
     view_seed: Annotated[int, typer.Option(help="seed of the deterministic views")] = 0,
     freq_mask: Annotated[int, typer.Option(help="max frequency mask width of a view (bins)")] = 48,
@@ -35,15 +36,24 @@ def teacher_logits(
     overwrite: Annotated[bool, typer.Option(help="delete an existing logits store at --out first")] = False,
 ) -> None:
     """Cache the teacher's raw logits for every clip and view of a feature store (resumable, Dask-parallel)."""
+    from cli import stage_runner
+    from pipeline.models.checkpoint import read_checkpoint
     from pipeline.parallel import StageTasksFailed
-    from stages.teacher_logits import run_teacher_logits
 
+    if features is None:
+        recorded = read_checkpoint(checkpoint).get("extra", {}).get("feature_store")
+        if not recorded:
+            fail(ValueError(f"{checkpoint}: the checkpoint does not record its feature store; pass --features"))
+        features = Path(recorded)
+        typer.echo(f"features: {features} (recorded in {checkpoint})")
+
+    params = {"views": {"n_views": views, "freq_mask": freq_mask, "time_mask": time_mask, "mixup_rate": mixup_rate,
+                        "alpha": mixup_alpha, "seed": view_seed}, "mix_mode": mix_mode, "chunk_clips": chunk_clips}
     try:
-        summary = run_teacher_logits(features, checkpoint, out, views=views, view_seed=view_seed,
-                                     freq_mask=freq_mask, time_mask=time_mask, mixup_rate=mixup_rate,
-                                     mixup_alpha=mixup_alpha, mix_mode=mix_mode, chunk_clips=chunk_clips,
-                                     batch_size=batch_size, scheduler=scheduler, n_workers=workers,
-                                     device=device, overwrite=overwrite)
+        summary = stage_runner.teacher_logits(
+            params, {"features": str(features), "checkpoint": str(checkpoint), "out": str(out)},
+            {"batch_size": batch_size, "scheduler": scheduler, "workers": workers, "device": device,
+             "overwrite": overwrite})
     except (ValueError, StageTasksFailed) as error:  # StoreError is a ValueError
         fail(error)
     print_json(summary)

@@ -9,6 +9,8 @@ audioset  folder with the csvs          segments (every *_segments.csv in root),
                                         ("class_labels_indices.csv"), audio_dir ("audio"), on_missing ("error")
 ast-json  folder with the datafiles     splits (every *.json in root, split = file stem), class_labels
                                         ("class_labels_indices.csv"), multilabel (inferred)
+demo      folder for the demo corpus    multilabel (false), clips_per_class, seed: the built-in synthetic
+                                        corpus, generated into root on first use and read back after
 Relative file options are taken relative to root. List options also accept a comma-separated string
 ("balanced_train_segments.csv,eval_segments.csv"), `splits` also "train=tr.json,eval=ev.json".
 """
@@ -57,7 +59,18 @@ def _ast_json(root: Path, splits: dict[str, str] | str | None = None, class_labe
     return read_ast_json(files, root / class_labels, multilabel)
 
 
+def _demo(root: Path, multilabel: bool = False, clips_per_class: int | None = None, seed: int = 0) -> Manifest:
+    from data_manifests.demo import make_demo_corpus
+
+    existing = root / "manifest"
+    if (existing / "manifest.json").is_file():
+        return Manifest.load(existing)
+    sizes = {} if clips_per_class is None else {"clips_per_class": clips_per_class}
+    return make_demo_corpus(root, multilabel=multilabel, seed=seed, **sizes)
+
+
 BUILDERS: dict[str, Callable[..., Manifest]] = {
+    "demo": _demo,
     "esc50": build_esc50,
     "fsd50k": build_fsd50k,
     "folder": build_folder,

@@ -1,46 +1,71 @@
 """The CMKD stage graph of a dataset: plan, run only what is missing or stale, report status.
 
 Layout under RUN_DIR (one folder per stage, each with config.json, log.txt, and stage.json on success):
-  manifest/  features/  <group>/train-{cnn,ast}/  <group>/logits-{cnn,ast}/
-  <group>/student-{cnn,ast}-from-{cnn,ast}/  report/
-A group is one cross-validation fold (`fold-K`) or `main` for a fixed train/test split.
+  manifest/  features/  <group>/train-<family>/  <group>/logits-<family>/
+  <group>/student-<student>-from-<teacher>[-online|-<kd form>]/  report/
+A group is one test fold (`fold-K`, validated on the next fold) or `main` for a fixed train/val/test split.
 
-A stage is *done* when stage.json exists and its fingerprint equals the hash of the stage's resolved
-config and its inputs' identities (each input's fingerprint and the id of the run that made it, so a
-rerun of an input reruns its dependents, as Make does); *stale* when the record exists but differs
-(config or an input changed); *failed* when failed.json is newer than any record. Every stage runs as
-a `cmkd-pipe` subprocess (under torchrun for training when nproc > 1) with its output in log.txt, so a
-failure is contained and the stage resumes from its own state on the next run.
+Every stage's settings are resolved here once and written to its `config.json`: `params` (everything that
+determines the result: its fingerprint), `runtime` (scheduler, workers, device: never part of the
+identity) and `io` (input and output paths). `cmkd-pipe run-stage DIR` runs a stage from that file alone,
+so `cmkd-pipe run`, Make and the stage commands share one way in (cli/stage_runner.py).
+
+A stage is *done* when stage.json exists and its fingerprint equals the hash of its identity and its
+inputs' identities (each input's fingerprint and the id of the run that made it, so a rerun of an
+input reruns its dependents, as Make does); *stale* when the record exists but differs; *failed* when
+failed.json is newer than any record.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from pipeline.datasets import DatasetProfile, get_profile
-from pipeline.records import (read_failure, read_json, read_record, stage_fingerprint, write_failure,
-                              write_json_atomic, write_record)
-from pipeline.training.presets import resolve_config
+from data_manifests.digest import audio_digest, index_files
+from pipeline.config import FeatureConfig
+from pipeline.datasets import DatasetProfile, fold_overrides, get_profile, next_fold
+from pipeline.records import (FAILURE_NAME, read_failure, read_json, read_record, stage_fingerprint,
+                              write_failure, write_json_atomic, write_record)
+from pipeline.training.presets import resolve_config, select_arch
 
 FAMILIES = ("cnn", "ast")
+CONFIG_NAME = "config.json"
+PREVIOUS = "previous"  # a stale stage's last outputs, kept until its next rerun
+# Training settings that cannot change a result: never part of a stage's identity.
+RUNTIME_TRAIN_KEYS = (("train", "compile"), ("train", "checkpoint_every_steps"))
 
 
 @dataclass
 class Stage:
     name: str  # folder relative to the run dir, e.g. "fold-1/train-cnn"
-    kind: str
+    kind: str  # manifest | features | train | teacher-logits | train-student | report
     deps: list[str]
-    config: dict[str, Any]  # everything that determines the result
-    argv: list[str]  # cmkd-pipe arguments
+    params: dict[str, Any]  # what the stage function receives and what determines its result
+    io: dict[str, str] = field(default_factory=dict)  # input and output paths
+    runtime: dict[str, Any] = field(default_factory=dict)  # how it runs (never part of the identity)
     outputs: list[str] = field(default_factory=list)
+    labels: dict[str, Any] = field(default_factory=dict)  # for the report: group, model, teacher, teaching
+    unread: tuple[tuple[str, ...], ...] = ()  # params paths the stage never reads (left out of the identity)
     distributed: bool = False  # a training stage that torchrun may launch
+
+    def identity(self) -> dict[str, Any]:
+        """The params that determine the result (without the paths in `unread`)."""
+        identity = copy.deepcopy(self.params)
+        for path in self.unread:
+            node = identity
+            for key in path[:-1]:
+                node = node.get(key, {})
+            node.pop(path[-1], None)
+        return identity
 
 
 @dataclass
@@ -54,101 +79,119 @@ class RunOptions:
     nproc: int = 1
     device: str | None = None
     pretrained_from_hub: bool = False  # let training stages fetch ImageNet weights (only when asked)
+    folds: list[int] | None = None  # test folds to run (default: the profile's)
+    val_on_test: bool = False  # the official ESC-50 recipe: validate (choose the best epoch) on the test fold
+    jobs: int = 1  # stages run at the same time by `run`
+    preset: str | None = None  # training preset (name or YAML file) instead of the dataset's default
+    clean: bool = False  # delete a rerun stage's previous outputs once it succeeds (default: keep one generation)
 
 
-def groups(profile: DatasetProfile) -> list[tuple[str, list[str]]]:
-    """(group name, data overrides) for every fold of the profile, or the single `main` group."""
+def groups(profile: DatasetProfile, folds: list[int] | None = None,
+           val_on_test: bool = False) -> list[tuple[str, list[str]]]:
+    """(group name, data overrides) for every selected test fold of the profile, or the single `main` group."""
     if not profile.folds:
         return [("main", [])]
-    return [(f"fold-{k}", [f"data.train=fold!={k}", f"data.val=fold=={k}", f"data.test=fold=={k}"])
-            for k in profile.folds]
+    chosen = list(profile.folds) if folds is None else list(folds)
+    unknown = [k for k in chosen if not 1 <= k <= profile.n_folds]
+    if unknown:
+        raise ValueError(f"--folds {','.join(map(str, chosen))}: {profile.name} has folds 1..{profile.n_folds}")
+    return [(f"fold-{k}", fold_overrides(k, None if val_on_test else next_fold(k, profile.n_folds)))
+            for k in chosen]
+
+
+def feature_config(profile: DatasetProfile, preset: dict[str, Any]) -> FeatureConfig:
+    """The profile's front-end with the preset's non-null `features.*` settings on top."""
+    settings = {**profile.features.to_dict(),
+                **{k: v for k, v in preset.get("features", {}).items() if v is not None}}
+    return FeatureConfig.from_dict(settings)
 
 
 def plan(options: RunOptions) -> list[Stage]:
     """Every stage of the CMKD experiment for the dataset, in a valid execution order."""
     profile = get_profile(options.dataset)
     run = options.run_dir
-    preset = resolve_config(profile.preset, options.overrides)
-    feats = profile.features
-    features_store = str(run / "features" / "features.zarr")
+    preset_name = options.preset or profile.preset
+    preset = resolve_config(preset_name, options.overrides)
+    dask = {"scheduler": options.scheduler, "workers": options.workers}
+    device = {"device": options.device}
+    manifest_dir, store = str(run / "manifest" / "manifest"), str(run / "features" / "features.zarr")
     stages = [
-        Stage("manifest", "manifest", [], {"builder": profile.builder, "data_root": str(options.data_root),
+        Stage("manifest", "manifest", [], {"builder": profile.builder, "data_root": str(options.data_root.resolve()),
                                            "options": profile.builder_options},
-              ["manifest", profile.builder, str(options.data_root), "--out", str(run / "manifest" / "manifest"),
-               *[f"--option={k}={json.dumps(v)}" for k, v in profile.builder_options.items()]],
-              ["manifest/manifest"]),
-        Stage("features", "features", ["manifest"], {"features": feats.to_dict(), "chunk_clips": 32},
-              ["features", "--manifest", str(run / "manifest" / "manifest"), "--out", features_store,
-               "--target-frames", str(feats.target_frames), "--num-mel-bins", str(feats.num_mel_bins),
-               "--sample-rate", str(feats.sample_rate), "--chunk-clips", "32", *_dask_args(options)],
-              ["features/features.zarr", "features/bad_clips.csv"]),
+              io={"out": manifest_dir}, outputs=["manifest/manifest"]),
+        Stage("features", "features", ["manifest"],
+              {"features": feature_config(profile, preset).to_dict(), "chunk_clips": 32},
+              io={"manifest": manifest_dir, "out": store}, runtime=dask,
+              outputs=["features/features.zarr", "features/bad_clips.csv"]),
     ]
-    kd, aug = preset["kd"], preset["augment"]
-    views = {"views": int(kd["views"]), "freq_mask": _family_value(aug["freq_mask"]),
-             "time_mask": _family_value(aug["time_mask"]), "mixup_rate": _family_value(aug["mixup_rate"])}
-    for group, data_overrides in groups(profile):
-        settings = [*options.overrides, *data_overrides]
+    for group, data_overrides in groups(profile, options.folds, options.val_on_test):
+        config = resolve_config(preset_name, [*options.overrides, *data_overrides])
+        train = {"pretrained_from_hub": options.pretrained_from_hub, **device,
+                 "extra": {"preset": preset_name, "overrides": [*options.overrides, *data_overrides]}}
         for fam in FAMILIES:
             name = f"{group}/train-{fam}"
-            stages.append(Stage(name, "train", ["features"], _train_config(profile, fam, settings, kd=False),
-                                _train_argv("train", fam, features_store, run / name, profile.preset, settings,
-                                            options), [f"{name}/final.pt"], distributed=True))
+            stages.append(_train_stage(name, fam, config, store, run, train, labels={"group": group, "model": fam}))
             logits = f"{group}/logits-{fam}"
-            stages.append(Stage(logits, "teacher-logits", [name], {"views": views},
-                                ["teacher-logits", "--features", features_store, "--checkpoint",
-                                 str(run / name / "final.pt"), "--out", str(run / logits / "logits.zarr"),
-                                 "--views", str(views["views"]), "--freq-mask", str(views["freq_mask"]),
-                                 "--time-mask", str(views["time_mask"]), "--mixup-rate", str(views["mixup_rate"]),
-                                 *_dask_args(options), *_device_args(options)],
-                                [f"{logits}/logits.zarr"]))
-        for student in FAMILIES:
-            for teacher in FAMILIES:
-                name = f"{group}/student-{student}-from-{teacher}"
-                argv = _train_argv("train-student", student, features_store, run / name, profile.preset, settings,
-                                   options) + ["--logits", str(run / group / f"logits-{teacher}" / "logits.zarr")]
-                stages.append(Stage(name, "train-student", ["features", f"{group}/logits-{teacher}"],
-                                    _train_config(profile, student, settings, kd=True), argv, [f"{name}/final.pt"],
-                                    distributed=True))
+            stages.append(Stage(logits, "teacher-logits", [name], _views(select_arch(config, fam)),
+                                io={"features": store, "checkpoint": str(run / name / "final.pt"),
+                                    "out": str(run / logits / "logits.zarr")},
+                                runtime={**dask, **device, "batch_size": int(config["data"]["batch_size"])},
+                                outputs=[f"{logits}/logits.zarr"]))
+        for student, teacher, suffix, kd in _students(profile, config):
+            name = f"{group}/student-{student}-from-{teacher}{suffix}"
+            student_config = copy.deepcopy(config)
+            student_config["kd"].update(kd)
+            online = suffix == "-online"
+            source = (f"{group}/train-{teacher}", "checkpoint", "final.pt") if online else \
+                (f"{group}/logits-{teacher}", "logits", "logits.zarr")
+            stages.append(_train_stage(
+                name, student, student_config, store, run, train, teacher=(source[1], str(run / source[0] / source[2])),
+                deps=[source[0]], labels={"group": group, "model": student, "teacher": teacher,
+                                          "teaching": "online" if online else "cached",
+                                          "kd_form": student_config["kd"]["form"]}))
     trained = [s.name for s in stages if s.kind in ("train", "train-student")]
-    stages.append(Stage("report", "report", trained, {}, ["report", str(run), "--out", str(run / "report")],
-                        ["report/report.md"]))
+    stages.append(Stage("report", "report", trained, {}, io={"run_dir": str(run), "out": str(run / "report")},
+                        outputs=["report/report.md"]))
     return stages
 
 
-def _family_value(value: Any) -> Any:
-    """Augment values may be per family ({cnn, ast}); views are shared, so take the AST one then."""
-    return value["ast"] if isinstance(value, dict) else value
+def _students(profile: DatasetProfile, config: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(student, teacher, folder suffix, kd settings) of every student stage of a group."""
+    students = [(s, t, "", {}) for s in FAMILIES for t in FAMILIES]
+    if profile.online_reference:
+        student, teacher = profile.online_reference
+        students.append((student, teacher, "-online", {}))
+    cross = next((s, t) for s in FAMILIES for t in FAMILIES if s != t)
+    students += [(*cross, f"-{form}", {"form": form}) for form in profile.kd_forms]
+    return students
 
 
-def _train_config(profile: DatasetProfile, fam: str, settings: list[str], kd: bool) -> dict[str, Any]:
-    """A training stage's identity; without `kd` for a teacher, which never reads it (a KD setting
-    must not retrain the teachers)."""
-    from pipeline.training.presets import select_arch
-
-    config = select_arch(resolve_config(profile.preset, settings), fam)
-    if not kd:
-        del config["kd"]
-    return {"arch": fam, "config": config}
-
-
-def _train_argv(command: str, fam: str, features: str, out: Path, preset: str, settings: list[str],
-                options: RunOptions) -> list[str]:
-    return [command, "--features", features, "--out", str(out), "--model", fam, "--preset", preset, "--resume",
-            *[f"--set={item}" for item in settings], *_device_args(options),
-            *(["--pretrained-from-hub"] if options.pretrained_from_hub else [])]
-
-
-def _dask_args(options: RunOptions) -> list[str]:
-    args = []
-    if options.scheduler:
-        args += ["--scheduler", options.scheduler]
-    if options.workers:
-        args += ["--workers", str(options.workers)]
-    return args
+def _train_stage(name: str, fam: str, config: dict[str, Any], store: str, run: Path, runtime: dict[str, Any], *,
+                 labels: dict[str, Any], teacher: tuple[str, str] | None = None,
+                 deps: list[str] | None = None) -> Stage:
+    """A training stage: a baseline/teacher, or a student taught from cached logits or an online teacher.
+    A baseline's `kd` section is null (it has no teacher), so a KD setting never retrains the teachers."""
+    params = {"family": fam, "config": select_arch(config, fam),
+              "teacher": None if teacher is None else teacher[0]}
+    if teacher is None:
+        params["config"]["kd"] = None  # a baseline has no teacher: plain task loss
+    unread = [("config", *key) for key in RUNTIME_TRAIN_KEYS]
+    io = {"features": store, "out": str(run / name)}
+    if teacher is not None:
+        io["teacher"] = teacher[1]
+    kind = "train" if teacher is None else "train-student"
+    return Stage(name, kind, ["features", *(deps or [])], params, io=io, runtime=runtime,
+                 outputs=[f"{name}/final.pt"], labels=labels, unread=tuple(unread), distributed=True)
 
 
-def _device_args(options: RunOptions) -> list[str]:
-    return ["--device", options.device] if options.device else []
+def _views(config: dict[str, Any]) -> dict[str, Any]:
+    """Teacher-logits settings from a (family-selected) training config: K views, each with the preset's
+    SpecAugment and mixup (rate, α, mixing domain), so a student replays exactly what it trains on."""
+    aug, kd = config["augment"], config["kd"]
+    return {"views": {"n_views": int(kd["views"]), "freq_mask": int(aug["freq_mask"]),
+                      "time_mask": int(aug["time_mask"]), "mixup_rate": float(aug["mixup_rate"]),
+                      "alpha": float(aug["mixup_alpha"]), "seed": int(config["train"]["seed"])},
+            "mix_mode": aug["mixup_mode"]}
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -162,31 +205,63 @@ def input_fingerprints(stage: Stage, run_dir: Path) -> dict[str, str]:
     return out
 
 
+def evidence(stage: Stage) -> dict[str, str]:
+    """What the stage read from outside the run folder, as it is now: the corpus' index files (manifest)
+    and the audio files' sizes and times (features). Kept in the record; a difference makes it stale."""
+    if stage.kind == "manifest":
+        return index_files(stage.params["data_root"])
+    if stage.kind == "features" and (Path(stage.io["manifest"]) / "manifest.json").is_file():
+        return {"audio files (size, time)": audio_digest(stage.io["manifest"])}
+    return {}
+
+
 def state(stage: Stage, run_dir: Path) -> tuple[str, str]:
-    """(status, detail): done | stale | failed | running-or-interrupted | not started."""
+    """(status, detail): done | stale | failed | incomplete | not started."""
     folder = run_dir / stage.name
     record = read_record(folder)
     failure = read_failure(folder)
     if record is not None:
-        wanted = stage_fingerprint(stage.kind, stage.config, input_fingerprints(stage, run_dir))
-        if record["fingerprint"] == wanted:
+        inputs = input_fingerprints(stage, run_dir)
+        if record["fingerprint"] == stage_fingerprint(stage.kind, stage.identity(), inputs):
+            seen, now = record.get("evidence", {}), evidence(stage)
+            edited = sorted(k for k in set(seen) | set(now) if seen.get(k) != now.get(k))
+            if edited:
+                return "stale", f"input changed: {', '.join(edited[:4])}" + (" …" if len(edited) > 4 else "")
             return "done", f"{record['seconds']:.1f} s"
-        if record["config"] != stage.config:
-            return "stale", "its config changed"
-        changed = [k for k, v in input_fingerprints(stage, run_dir).items() if record["inputs"].get(k) != v]
-        return "stale", f"input changed: {', '.join(changed) or 'code'}"
+        changed = _changed_keys(record.get("config"), stage.identity())
+        if changed:
+            return "stale", f"config changed: {', '.join(changed[:4])}" + (" …" if len(changed) > 4 else "")
+        moved = [k for k, v in inputs.items() if record["inputs"].get(k) != v]
+        return "stale", f"input changed: {', '.join(moved) or 'code'}"
     if failure is not None:
         return "failed", f"{failure['error']} (log: {failure['log']})"
-    if folder.exists() and any(p.name != "config.json" for p in folder.iterdir()):
+    if folder.exists() and any(p.name not in (CONFIG_NAME, PREVIOUS) for p in folder.iterdir()):
         return "incomplete", "started, not finished (killed or running)"
     return "not started", ""
 
 
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs, as `key old → new`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    as_json = json.loads(json.dumps(new, default=str))
+    return [] if old == as_json else [f"{prefix.rstrip('.')} {json.dumps(old)} → {json.dumps(as_json)}"]
+
+
+def stage_file(stage: Stage) -> dict[str, Any]:
+    """The content of a stage's config.json."""
+    return {"stage": stage.kind, "name": stage.name, "params": stage.params, "runtime": stage.runtime,
+            "io": stage.io, "labels": stage.labels, "deps": stage.deps}
+
+
 def write_config_file(stage: Stage, run_dir: Path) -> bool:
     """Write <stage>/config.json when its content changes (Make sees the new time); True if it changed."""
-    path = run_dir / stage.name / "config.json"
-    content = {"stage": stage.kind, "config": stage.config, "deps": stage.deps}
-    if read_json(path) == json.loads(json.dumps(content, default=str)):
+    path = run_dir / stage.name / CONFIG_NAME
+    content = json.loads(json.dumps(stage_file(stage), default=str))
+    if read_json(path) == content:
         return False
     write_json_atomic(path, content)
     return True
@@ -197,51 +272,109 @@ class StageFailed(RuntimeError):
     pass
 
 
-def run_stage(stage: Stage, run_dir: Path, options: RunOptions) -> dict[str, Any]:
-    """Run one stage as a subprocess, then write its record (or its failure note)."""
+def run_stage(stage: Stage, run_dir: Path, options: RunOptions, threads: int | None = None,
+              on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run one stage from its config.json as a subprocess, then write its record (or its failure note).
+    A stale stage's earlier outputs move to `previous/` (one generation) instead of being deleted."""
     folder = run_dir / stage.name
     folder.mkdir(parents=True, exist_ok=True)
-    if read_record(folder) is not None:  # stale: its previous outputs must not be resumed from
-        _clear(folder)
+    set_aside = read_record(folder) is not None  # stale: its outputs must not be resumed from
+    if set_aside:
+        _set_aside(folder)
     inputs = input_fingerprints(stage, run_dir)
     missing = [dep for dep, fp in inputs.items() if fp == "missing"]
     if missing:
         raise StageFailed(f"{stage.name}: dependencies not done: {', '.join(missing)}")
+    write_config_file(stage, run_dir)
+    (folder / FAILURE_NAME).unlink(missing_ok=True)  # a run killed from now on shows as incomplete
     log = folder / "log.txt"
-    command = _command(stage, options)
+    command = _command(stage, folder, options)
+    env = {**os.environ, "CMKD_PIPE_TRACEBACK": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     started = time.time()
     with open(log, "ab") as handle:
         handle.write(f"\n$ {' '.join(command)}\n".encode())
         handle.flush()
-        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT)
+        code = _call_logged(command, env, handle, on_progress)
     if code != 0:
-        error = _last_error(log) or f"exit code {code}"
+        error = describe_exit(code, log)
+        if set_aside:
+            _restore_if_untouched(folder)
         write_failure(folder, stage=stage.name, error=error, log=str(log))
         raise StageFailed(f"{stage.name} failed: {error} (full log: {log})")
-    return write_record(folder, stage=stage.kind, config=stage.config, inputs=inputs, outputs=stage.outputs,
-                        started=started, finished=time.time())
+    if options.clean:
+        shutil.rmtree(folder / PREVIOUS, ignore_errors=True)
+    return write_record(folder, stage=stage.kind, config=stage.identity(), inputs=inputs, outputs=stage.outputs,
+                        started=started, finished=time.time(),
+                        extra={"labels": stage.labels, "evidence": evidence(stage)})
 
 
-def _command(stage: Stage, options: RunOptions) -> list[str]:
+def _call_logged(command: list[str], env: dict[str, str], log, on_progress: Callable[[str], None] | None) -> int:
+    """Run `command`, writing its output to `log` one line per update: progress bars redraw a line with
+    carriage returns, which become line ends here, so a log holds no half-drawn frames."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    pending = b""
+    for block in iter(lambda: process.stdout.read1(65536), b""):
+        pending += block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                log.write(line + b"\n")
+                if on_progress:
+                    on_progress(line.decode(errors="replace"))
+        log.flush()
+    if pending.strip():
+        log.write(pending + b"\n")
+    return process.wait()
+
+
+def describe_exit(code: int, log: Path) -> str:
+    """What ended a stage: the signal that killed it, else its error line, else its exit code."""
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else "?"
+        hint = " (killed: by a user, a scheduler or the out-of-memory killer)" if -code == signal.SIGKILL else ""
+        return f"killed by signal {-code} ({name}){hint}"
+    return _last_error(log) or f"exit code {code}"
+
+
+def _command(stage: Stage, folder: Path, options: RunOptions) -> list[str]:
+    args = ["-m", "cli.app", "run-stage", str(folder)]
     if stage.distributed and options.nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={options.nproc}",
-                "-m", "cli.app", *stage.argv]
-    return [sys.executable, "-m", "cli.app", *stage.argv]
+                *args]
+    return [sys.executable, *args]
 
 
 def _last_error(log: Path) -> str:
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    """The last error line of the stage's latest run in its log (never a progress-bar frame)."""
+    text = log.read_text(errors="replace")
+    lines = [line.strip() for line in text[text.rfind("\n$ ") + 1:].splitlines()[1:] if line.strip()]
     for line in reversed(lines):
         if line.startswith("error:") or "Error" in line.split(":")[0]:
             return line
-    return lines[-1] if lines else ""
+    return ""
 
 
-def _clear(folder: Path) -> None:
-    for item in folder.iterdir():
-        if item.name in ("config.json", "log.txt"):
-            continue
-        shutil.rmtree(item) if item.is_dir() else item.unlink()
+def _restore_if_untouched(folder: Path) -> None:
+    """A stale rerun that failed before writing any output (a typo'd path, a bad setting): put the previous
+    outputs and record back, so nothing is lost and nothing downstream reruns. A rerun that wrote outputs
+    keeps them for its resume; the previous generation stays in `previous/`."""
+    if any(item.name not in (CONFIG_NAME, "log.txt", PREVIOUS, FAILURE_NAME) for item in folder.iterdir()):
+        return
+    previous = folder / PREVIOUS
+    for item in previous.iterdir():
+        os.replace(item, folder / item.name)
+    previous.rmdir()
+
+
+def _set_aside(folder: Path) -> None:
+    """Move a stale stage's outputs into `previous/` (replacing an older generation there)."""
+    previous = folder / PREVIOUS
+    if previous.exists():
+        shutil.rmtree(previous)
+    items = [item for item in folder.iterdir() if item.name not in (CONFIG_NAME, "log.txt", PREVIOUS)]
+    previous.mkdir()
+    for item in items:
+        os.replace(item, previous / item.name)
 
 
 def select(stages: list[Stage], until: str | None = None, only: str | None = None) -> list[Stage]:
@@ -268,31 +401,79 @@ def select(stages: list[Stage], until: str | None = None, only: str | None = Non
 
 
 def run(options: RunOptions, until: str | None = None, only: str | None = None,
-        echo=print) -> list[tuple[str, str]]:
-    """Run every selected stage that is not done, in order; stop at the first failure."""
+        echo: Callable[[str], None] = print) -> list[tuple[str, str]]:
+    """Run every selected stage that is not done, `options.jobs` at a time as their inputs finish;
+    after a failure no new stage starts, the running ones finish, then the failure is raised."""
     stages = plan(options)
     run_dir = options.run_dir
     for stage in stages:
         write_config_file(stage, run_dir)
     write_json_atomic(run_dir / "run.json", {"dataset": options.dataset, "data_root": str(options.data_root),
-                                             "overrides": options.overrides})
-    ran = []
-    for stage in select(stages, until, only):
+                                             "preset": options.preset, "overrides": options.overrides,
+                                             "folds": options.folds, "val_on_test": options.val_on_test})
+    chosen = select(stages, until, only)
+    todo: list[tuple[Stage, str]] = []
+    for stage in chosen:
         status, _ = state(stage, run_dir)
-        if status == "done":
+        if status == "done" and not any(dep in {s.name for s, _ in todo} for dep in stage.deps):
             _touch(run_dir / stage.name / "stage.json", [run_dir / dep / "stage.json" for dep in stage.deps])
-            continue
-        echo(f"▶ {stage.name} ({status})")
-        record = run_stage(stage, run_dir, options)
-        echo(f"✓ {stage.name} in {record['seconds']:.1f} s")
-        ran.append((stage.name, status))
+        else:
+            todo.append((stage, status))
+    jobs = max(1, options.jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    return _run_ready(todo, run_dir, options, jobs, threads, echo)
+
+
+def _run_ready(todo: list[tuple[Stage, str]], run_dir: Path, options: RunOptions, jobs: int, threads: int | None,
+               echo: Callable[[str], None]) -> list[tuple[str, str]]:
+    """Start each pending stage once none of its dependencies is pending or running."""
+    pending = list(todo)
+    running: dict[Future, tuple[Stage, str]] = {}
+    ran: list[tuple[str, str]] = []
+    failures: list[StageFailed] = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            waiting = {s.name for s, _ in pending} | {s.name for s, _ in running.values()}
+            ready = [item for item in pending if not set(item[0].deps) & waiting]
+            while not failures and ready and len(running) < jobs:
+                stage, status = ready.pop(0)
+                pending.remove((stage, status))
+                echo(f"▶ {stage.name} ({status})")
+                live = _live_line(stage.name) if jobs == 1 else None
+                running[pool.submit(run_stage, stage, run_dir, options, threads, live)] = (stage, status)
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                stage, status = running.pop(future)
+                try:
+                    record = future.result()
+                except StageFailed as error:
+                    failures.append(error)
+                    continue
+                echo(f"✓ {stage.name} in {record['seconds']:.1f} s → {', '.join(stage.outputs)}")
+                ran.append((stage.name, status))
+    if failures:
+        raise failures[0]
     return ran
+
+
+def _live_line(name: str) -> Callable[[str], None] | None:
+    """On a terminal, the running stage's latest output line, redrawn in place."""
+    if not sys.stderr.isatty():
+        return None
+    width = shutil.get_terminal_size().columns - 1
+
+    def show(line: str) -> None:
+        sys.stderr.write(f"\r\033[K  {name}: {line.strip()}"[:width] + "\r")
+        sys.stderr.flush()
+    return show
 
 
 def _touch(path: Path, inputs: list[Path]) -> None:
     """Keep a done record newer than its config file and its inputs' records, so Make agrees it is up
     to date (a record can look older after a copy, a manual touch or clock skew on a shared disk)."""
-    others = [other.stat().st_mtime for other in [path.with_name("config.json"), *inputs] if other.exists()]
+    others = [other.stat().st_mtime for other in [path.with_name(CONFIG_NAME), *inputs] if other.exists()]
     if others and path.stat().st_mtime < max(others):
         os.utime(path)
 
@@ -314,9 +495,10 @@ def status_rows(options: RunOptions) -> list[dict[str, str]]:
 
 def _chunk_progress(stage: Stage, run_dir: Path) -> str:
     """done/total chunks for the chunked stages' stores."""
-    store = {"features": run_dir / "features" / "features.zarr",
-             "teacher-logits": run_dir / stage.name / "logits.zarr"}.get(stage.kind)
-    if store is None or not (store / "chunk_done" / "zarr.json").exists():
+    if stage.kind not in ("features", "teacher-logits"):
+        return ""
+    store = Path(stage.io["out"])
+    if not (store / "chunk_done" / "zarr.json").exists():
         return ""
     import numpy as np
     import zarr
@@ -332,14 +514,17 @@ def make_rules(options: RunOptions, cli: str) -> str:
     lines = ["# generated by `cmkd-pipe plan`; do not edit", ""]
     base = (f"{cli} run --dataset {options.dataset} --data-root {options.data_root} --run-dir {run_dir} "
             + " ".join(f"--set '{item}'" for item in options.overrides)
+            + (f" --folds {','.join(map(str, options.folds))}" if options.folds else "")
+            + (" --val-on-test" if options.val_on_test else "")
+            + (f" --preset {options.preset}" if options.preset else "")
             + (f" --nproc {options.nproc}" if options.nproc > 1 else "")
             + (f" --scheduler {options.scheduler}" if options.scheduler else "")
             + (" --pretrained-from-hub" if options.pretrained_from_hub else ""))
     for stage in stages:
         write_config_file(stage, run_dir)
         target = run_dir / stage.name / "stage.json"
-        prereqs = [str(run_dir / stage.name / "config.json"), *[str(run_dir / d / "stage.json") for d in stage.deps]]
-        lines += [f"{target}: {' '.join(prereqs)}", f"\t{base} --only {stage.name}", ""]
+        prereqs = [str(run_dir / stage.name / CONFIG_NAME), *[str(run_dir / d / "stage.json") for d in stage.deps]]
+        lines += [f"{target}: {' '.join(prereqs)}", f"\t@{base} --only {stage.name}", ""]
     kinds: dict[str, list[str]] = {}
     for stage in stages:
         kinds.setdefault(stage.kind, []).append(str(run_dir / stage.name / "stage.json"))

@@ -17,13 +17,15 @@ from pipeline.training.presets import resolve_config
 
 
 def train(features: str | os.PathLike, arch: str, out: str | os.PathLike, *, preset: str = "demo",
-          overrides: list[str] | None = None, resume: bool = False, weights: str | None = None,
+          overrides: list[str] | None = None, config: dict[str, Any] | None = None, resume: bool = False, weights: str | None = None,
           new_head: bool = False, logits: str | None = None, teacher: str | None = None,
           device: str | None = None, allow_download: bool = False, progress: bool = True,
           extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Resolve the preset + overrides and run the engine."""
+    """Run the engine with `config` (a resolved config, as the stage graph writes it) or else the preset
+    with dotted overrides."""
     family(arch)
-    config = resolve_config(preset, overrides or [])
+    if config is None:
+        config = resolve_config(preset, overrides or [])
     request = TrainRequest(features=Path(features), arch=arch, config=config, out_dir=Path(out), resume=resume,
                            weights=Path(weights) if weights else None, new_head=new_head,
                            teacher_logits=Path(logits) if logits else None,

@@ -3,8 +3,8 @@
     cmkd-pipe run --dataset fsd50k --data-root ... --run-dir RUN --until main/logits-ast --set ...
         (manifest → features → AST teacher → its logit store: the stages `make teacher-logits` runs
         for the AST, without the Make layer and the CNN teacher, which would triple the run time)
-    cmkd-pipe train-student --features RUN/features/features.zarr --logits RUN/main/logits-ast/logits.zarr
-        --model cnn --preset fsd50k --set ...
+    cmkd-pipe train-student --logits RUN/main/logits-ast/logits.zarr
+        (the design card's command as written: features, recipe and student family from provenance)
 
 16 multi-label clips (8 train, 4 val, 4 eval; 4 classes), the fsd50k profile's real front-end
 (128 bins x 1024 frames) and the fsd50k preset shrunk through --set: one epoch, batch 4,
@@ -121,12 +121,14 @@ def test_run_until_the_ast_logits_builds_the_fsd50k_stages(flow):
 
 def test_cnn_student_from_the_ast_logits_reports_map(flow):
     run = flow["run"]
-    out = run / "main" / "kd-cnn"
-    result = CliRunner().invoke(app, ["train-student", "--features", str(run / "features" / "features.zarr"),
-                                      "--logits", str(run / "main" / "logits-ast" / "logits.zarr"), "--model", "cnn",
-                                      "--preset", "fsd50k", "--out", str(out), *[f"--set={s}" for s in TINY]])
+    store = run / "main" / "logits-ast" / "logits.zarr"
+    result = CliRunner().invoke(app, ["train-student", "--logits", str(store)])  # as the design card writes it
     assert result.exit_code == 0, result.output
-    assert f"cnn on {run / 'features' / 'features.zarr'}: test mAP last " in result.stdout
+    out = run / "main" / "logits-ast" / "student-cnn-from-ast"
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("student cnn ← ast teacher; features ") and "preset fsd50k" in first
+    assert f"out {out}" in first and all(item in first for item in TINY)
+    assert f"cnn on {(run / 'features' / 'features.zarr').resolve()}: test mAP last " in result.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["metric"] == "mAP" and results["multilabel"] is True and results["n_test"] == 4
     assert 0.0 <= results["last"]["mAP"] <= 1.0 and results["last"]["n_classes_without_positives"] == 0

@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("make") is None,
 # Demo profile (64 mel bins x 200 frames, folds: train 2, test 1), one epoch of one step per model.
 SETTINGS = ["train.epochs=1", "average.wa_start_epoch=null", "average.wa_end_epoch=null", "data.batch_size=8",
             "average.ensemble=false"]
-STUDENTS = {f"fold-1/student-{s}-from-{t}" for s in ("cnn", "ast") for t in ("cnn", "ast")}
+STUDENTS = {f"fold-1/student-{s}-from-{t}" for s in ("cnn", "ast") for t in ("cnn", "ast")} | {
+    "fold-1/student-ast-from-cnn-online"}
 VENV = Path(sys.executable).parents[1]
 
 
@@ -56,7 +57,7 @@ def make(data: Path, run: Path, settings: list[str], scheduler: str) -> subproce
     env = {k: v for k, v in stage_env(LC_ALL="C").items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "-o", f"{VENV}/.installed", "cmkd",
                            f"VENV={VENV}", "DATASET=demo", f"DATA_ROOT={data}", f"RUN_DIR={run}",
-                           f"SET={' '.join(settings)}", f"SCHEDULER={scheduler}"],
+                           f"SET={' '.join(settings)}", f"SCHEDULER={scheduler}", "FOLDS=1"],
                           env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -80,14 +81,15 @@ def statuses(options: RunOptions) -> dict[str, str]:
 
 def test_break_one_stage_rerun_only_it_and_its_dependents(tmp_path, scheduler):
     data, run = tmp_path / "data", tmp_path / "run"
-    make_demo_corpus(data, clips_per_class=2, n_folds=2, clip_seconds=1.0)  # 24 clips; manifest stage loads it
-    options = RunOptions(dataset="demo", run_dir=run, data_root=data, overrides=SETTINGS)
-    common = ["--dataset", "demo", "--data-root", str(data), "--run-dir", str(run), "--scheduler", scheduler]
+    make_demo_corpus(data, clips_per_class=3, n_folds=3, clip_seconds=1.0)  # 36 clips: train 3, val 2, test 1
+    options = RunOptions(dataset="demo", run_dir=run, data_root=data, overrides=SETTINGS, folds=[1])
+    common = ["--dataset", "demo", "--data-root", str(data), "--run-dir", str(run), "--scheduler", scheduler,
+              "--folds", "1"]
 
     # 1. everything, then the report
     first = run_cli("run", *common, *[f"--set={item}" for item in SETTINGS])
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert first.stdout.count("✓ ") == 11 and "## Missing runs\n\nNone." in first.stdout  # the report
+    assert first.stdout.count("✓ ") == 12 and "## Missing runs\n\nNone." in first.stdout  # the report
     assert (run / "report" / "report.md").is_file()
     assert set(statuses(options).values()) == {"done"}
     built = records(options)
@@ -106,11 +108,11 @@ def test_break_one_stage_rerun_only_it_and_its_dependents(tmp_path, scheduler):
     failed = make(data, run, SETTINGS, scheduler)
     assert failed.returncode != 0
     assert "fold-1/logits-cnn failed: error: checkpoint" in failed.stderr, failed.stderr[-3000:]
-    shown = run_cli("status", "--dataset", "demo", "--data-root", str(data), "--run-dir", str(run),
+    shown = run_cli("status", "--dataset", "demo", "--data-root", str(data), "--run-dir", str(run), "--folds", "1",
                     *[f"--set={item}" for item in SETTINGS])
     row = next(line for line in shown.stdout.splitlines() if line.startswith("fold-1/logits-cnn "))
     assert "failed" in row and "no such file" in row and f"(log: {run}/fold-1/logits-cnn/log.txt)" in row
-    assert "0/1 chunks" in row
+    assert "1/2 chunks" in row
     state = statuses(options)
     assert state["fold-1/logits-cnn"] == "failed"
     assert {name for name, s in state.items() if s == "stale"} == {"fold-1/student-cnn-from-cnn",
@@ -136,7 +138,7 @@ def test_break_one_stage_rerun_only_it_and_its_dependents(tmp_path, scheduler):
 
     # 5. another KD temperature: exactly the students and the report are stale, and only they rerun
     hotter = [*SETTINGS, "kd.tau=2.0"]
-    hot = RunOptions(dataset="demo", run_dir=run, data_root=data, overrides=hotter)
+    hot = RunOptions(dataset="demo", run_dir=run, data_root=data, overrides=hotter, folds=[1])
     state = statuses(hot)
     assert {name for name, s in state.items() if s != "done"} == STUDENTS | {"report"}
     assert set(state.values()) == {"done", "stale"}

@@ -172,8 +172,7 @@ class FeatureStore:
         return Normalization(self.mean, self.std, divisor)
 
     def select(self, spec: str) -> np.ndarray:
-        """Indices of good clips matching a split spec: 'train', 'val,eval', 'fold==1', 'fold!=1',
-        'fold!=1,2' (every fold but 1 and 2), 'all'."""
+        """Indices of good clips matching a split spec: 'train', 'val,eval', 'fold==1', 'fold!=1', 'all', 'fold!=1&fold!=2'."""
         return self.ok.nonzero()[0][select_mask(spec, self.splits, self.folds)[self.ok]]
 
     def read(self, indices: np.ndarray) -> np.ndarray:
@@ -187,8 +186,12 @@ class FeatureStore:
 
 
 def select_mask(spec: str, splits: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Boolean mask for a split spec (see FeatureStore.select)."""
+    """Boolean mask for a split spec (see FeatureStore.select); `A&B` is the clips both A and B select
+    (e.g. `fold!=1&fold!=2`: train on every fold but the test and the validation fold)."""
     spec = spec.strip()
+    if "&" in spec:
+        masks = [select_mask(part, splits, folds) for part in spec.split("&")]
+        return np.logical_and.reduce(masks)
     if spec == "all":
         return np.ones(len(splits), dtype=bool)
     for op in ("==", "!="):

@@ -34,12 +34,26 @@ def list_presets() -> list[str]:
     return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    """The preset `name` as a nested dict, checked with validate_config."""
+def preset_path(name: str) -> Path:
+    """The YAML file of a shipped preset (`esc50`) or of a user's own (`my.yaml`, a path)."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"preset file {name}: no such file")
+        return path
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"unknown preset {name!r}; choose one of {list_presets()}")
-    config = yaml.safe_load(path.read_text())
+        raise ValueError(f"unknown preset {name!r}; choose one of {list_presets()} or give a YAML file (my.yaml)")
+    return path
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset `name` (shipped name or YAML path) as a nested dict, checked with validate_config."""
+    path = preset_path(name)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"preset file {path}: not valid YAML ({str(error).splitlines()[0]})") from None
     validate_config(config, where=str(path))
     return config
 

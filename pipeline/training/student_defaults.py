@@ -1,0 +1,70 @@
+"""What `cmkd-pipe train-student --logits store.zarr` needs and the user did not type, read from provenance.
+
+A logits store records its feature store and its teacher checkpoint; the teacher checkpoint records the
+preset and overrides it was trained with (and its feature store). So the student gets the same feature
+store, the same recipe, the other model family (cross-model distillation is the method) and a run folder
+beside the store, each overridable by its flag.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FAMILIES = ("cnn", "ast")
+
+
+@dataclass
+class StudentDefaults:
+    features: Path
+    model: str
+    preset: str
+    overrides: list[str] = field(default_factory=list)
+    out: Path | None = None
+    teacher_family: str = ""
+
+    def describe(self) -> str:
+        """One line that names every default, for the start of a run."""
+        overrides = " ".join(self.overrides) or "none"
+        return (f"student {self.model} ← {self.teacher_family} teacher; features {self.features}; "
+                f"preset {self.preset} (overrides: {overrides}); out {self.out}")
+
+
+def student_defaults(logits: Path | None, teacher: Path | None) -> StudentDefaults:
+    """Defaults from a logits store (cached teacher) or a teacher checkpoint (online teacher)."""
+    from pipeline.models.checkpoint import read_checkpoint
+    from pipeline.training.engine import family
+
+    if logits is not None:
+        attrs = _store_attrs(logits)
+        checkpoint = Path(attrs["teacher"]["checkpoint"])
+        features = Path(attrs["feature_store"])
+        teacher_arch = attrs["teacher"].get("arch") or attrs["teacher"]["model_config"].get("arch", "")
+        out_base = Path(logits)
+    else:
+        checkpoint = Path(teacher)
+        features, teacher_arch, out_base = None, "", checkpoint.parent
+    meta: dict[str, Any] = {}
+    if checkpoint.is_file():
+        meta = read_checkpoint(checkpoint)
+        teacher_arch = teacher_arch or meta.get("extra", {}).get("arch") or meta["model_config"].get("arch", "")
+    extra = meta.get("extra", {})
+    features = features or (Path(extra["feature_store"]) if extra.get("feature_store") else None)
+    if features is None:
+        raise ValueError(f"{checkpoint}: the teacher checkpoint does not record its feature store; pass --features")
+    teacher_family = family(teacher_arch) if teacher_arch else ""
+    model = next((f for f in FAMILIES if f != teacher_family), FAMILIES[0])
+    preset = extra.get("preset")
+    if not preset:
+        raise ValueError(f"{checkpoint}: the teacher checkpoint does not record its training preset; pass --preset "
+                         "(and --set for its overrides)")
+    return StudentDefaults(features, model, preset, list(extra.get("overrides") or []),
+                           out_base.with_name(f"student-{model}-from-{teacher_family or 'teacher'}"), teacher_family)
+
+
+def _store_attrs(path: Path) -> dict[str, Any]:
+    import zarr
+
+    if not (Path(path) / "zarr.json").is_file():
+        raise ValueError(f"{path}: not a logits store (no zarr.json); give the --out of `cmkd-pipe teacher-logits`")
+    return dict(zarr.open_group(store=str(path), mode="r").attrs)

@@ -1,0 +1,49 @@
+"""The CLI's one error boundary: whatever a command raises ends as one `error:` line and exit code 1."""
+from __future__ import annotations
+
+import errno
+
+import pytest
+from typer.testing import CliRunner
+
+import stages.features
+from cli.app import app
+from cli.common import error_line
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left"), (errno.EROFS, "read-only"),
+                                         (errno.EEXIST, "already exists"), (errno.EACCES, "permission denied")])
+def test_os_errors_name_the_file_and_what_to_do(code, words):
+    line = error_line(OSError(code, "os text", "/runs/x/features.zarr/fbank/c/0/0/0"))
+    assert line.startswith("/runs/x/features.zarr/fbank/c/0/0/0: ") and words in line
+
+
+def test_project_errors_keep_their_own_words_on_one_line():
+    assert error_line(ValueError("store x: chunk 3\n(clips 96–127) is missing")) == \
+        "store x: chunk 3 (clips 96–127) is missing"
+    assert error_line(ZeroDivisionError("division by zero")) == "ZeroDivisionError: division by zero"
+
+
+@pytest.mark.parametrize("raised", [OSError(errno.ENOSPC, "No space left on device", "/full/features.zarr"),
+                                    ZeroDivisionError("integer division or modulo by zero")])
+def test_a_command_that_raises_prints_one_line(tmp_path, monkeypatch, raised):
+    def broken(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(stages.features, "run_features", broken)
+    result = CliRunner().invoke(app, ["features", "--manifest", str(tmp_path), "--out", str(tmp_path / "f.zarr")])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert error_line(raised) in lines[0]
+
+
+def test_the_stage_graph_keeps_the_traceback_in_the_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMKD_PIPE_TRACEBACK", "1")
+
+    def broken(*args, **kwargs):
+        raise ValueError("bad setting")
+
+    monkeypatch.setattr(stages.features, "run_features", broken)
+    result = CliRunner().invoke(app, ["features", "--manifest", str(tmp_path), "--out", str(tmp_path / "f.zarr")])
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("Traceback") and lines[-1] == "error: bad setting"
