@@ -106,12 +106,12 @@ def val_fold(test: int) -> int:
 def search_splits(test: int) -> list[str]:
     """Train on every fold but test and validation; validate and evaluate on the validation fold."""
     val = val_fold(test)
-    return [f"data.train=fold!={test},{val}", f"data.val=fold=={val}", f"data.test=fold=={val}"]
+    return [f"data.train=fold!={test}&fold!={val}", f"data.val=fold=={val}", f"data.test=fold=={val}"]
 
 
 def cmkd_splits(test: int) -> list[str]:
     val = val_fold(test)
-    return [f"data.train=fold!={test},{val}", f"data.val=fold=={val}", f"data.test=fold=={test}"]
+    return [f"data.train=fold!={test}&fold!={val}", f"data.val=fold=={val}", f"data.test=fold=={test}"]
 
 
 # -------------------------------------------------------------------------------------- one job
@@ -217,9 +217,12 @@ def cmkd(args: argparse.Namespace) -> None:
                 "overrides": overrides, **teacher}
 
     run_jobs([train_job(g, f"train-{fam}", fam) for g in groups for fam in ("cnn", "ast")], args.jobs)
-    run_jobs([{"kind": "logits", "features": str(store), "checkpoint": str(run / f"fold-{g}" / f"train-{t}" / "final.pt"),
-               "out": str(run / f"fold-{g}" / f"logits-{t}" / "logits.zarr"), "views": recipe["views"][t]}
-              for g in groups for t in ("cnn", "ast")], args.jobs)
+    for g in groups:  # here, not in the pool: its daemonic workers cannot start the stage's Dask worker
+        for t in ("cnn", "ast"):
+            done = _job({"kind": "logits", "features": str(store), "views": recipe["views"][t],
+                         "checkpoint": str(run / f"fold-{g}" / f"train-{t}" / "final.pt"),
+                         "out": str(run / f"fold-{g}" / f"logits-{t}" / "logits.zarr")})
+            print(f"fold-{g}/logits-{t}: {done['seconds']:.1f} s", flush=True)
     students = [train_job(g, f"student-{s}-from-{t}", s,
                           logits=str(run / f"fold-{g}" / f"logits-{t}" / "logits.zarr"))
                 for g in groups for s in ("cnn", "ast") for t in ("cnn", "ast")]
