@@ -223,9 +223,11 @@ def cmkd(args: argparse.Namespace) -> None:
                          "checkpoint": str(run / f"fold-{g}" / f"train-{t}" / "final.pt"),
                          "out": str(run / f"fold-{g}" / f"logits-{t}" / "logits.zarr")})
             print(f"fold-{g}/logits-{t}: {done['seconds']:.1f} s", flush=True)
+    # cross-model students of every group first, then the same-model controls, then the online students
+    pairs = [("cnn", "ast"), ("ast", "cnn"), ("cnn", "cnn"), ("ast", "ast")]
     students = [train_job(g, f"student-{s}-from-{t}", s,
                           logits=str(run / f"fold-{g}" / f"logits-{t}" / "logits.zarr"))
-                for g in groups for s in ("cnn", "ast") for t in ("cnn", "ast")]
+                for s, t in pairs for g in groups]
     s, t = args.online.split("-from-")
     students += [train_job(g, f"student-{s}-from-{t}-online", s,
                            teacher=str(run / f"fold-{g}" / f"train-{t}" / "final.pt")) for g in groups]
