@@ -23,7 +23,7 @@ PLAN_ARGS = --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --r
 	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(HUB),--pretrained-from-hub) $(foreach s,$(SET),--set '$(s)') \
 	$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET))
 
-.PHONY: install test demo gpu-check cmkd manifest features train teacher-logits train-student report status plan
+.PHONY: install test test-all demo gpu-check cmkd manifest features train teacher-logits train-student report status plan
 
 install: $(VENV)/.installed
 
@@ -33,8 +33,16 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
+# The fast tier (<= 4 min on 2 cores): everything but the tests marked slow (SIGKILL/fault, cluster,
+# end-to-end). test-all runs every test (what CI runs). Tests train tiny models, often in several
+# processes at once: one torch thread per process (unless OMP_NUM_THREADS says otherwise) is the fastest.
+TEST_ENV = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=$${MKL_NUM_THREADS:-1}
+
 test: install
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(TEST_ENV) $(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(TEST_ENV) $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 # The main job on the built-in demo corpus: data, features, both teachers, both logit stores,
 # four students, report (about 15 minutes on 2 CPU cores).

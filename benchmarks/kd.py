@@ -26,10 +26,12 @@ import torch
 
 from data_manifests.demo import make_demo_corpus
 from pipeline.config import FeatureConfig
+from pipeline.predict import autocast_for
 from pipeline.training.batches import batches
 from pipeline.training.distributed import DistInfo
 from pipeline.training.engine import Trainer, TrainRequest
 from pipeline.training.presets import resolve_config
+from pipeline.training.setup import build_trainer
 from stages.features import run_features
 from stages.teacher_logits import run_teacher_logits
 
@@ -40,7 +42,7 @@ def make_trainer(features: Path, arch: str, out: Path, device: str, overrides: l
                  logits: Path | None = None, teacher: Path | None = None) -> Trainer:
     request = TrainRequest(features=features, arch=arch, config=resolve_config("demo", overrides), out_dir=out,
                            teacher_logits=logits, teacher_checkpoint=teacher, device=device, progress=False)
-    return Trainer(request, DistInfo(0, 1, torch.device(device)))
+    return build_trainer(request, DistInfo(0, 1, torch.device(device)))
 
 
 def step_ms(trainer: Trainer, steps: int) -> tuple[float, float]:
@@ -52,10 +54,10 @@ def step_ms(trainer: Trainer, steps: int) -> tuple[float, float]:
     prep, total = [], []
     tick = time.perf_counter()
     for step, batch in enumerate(batches(trainer.store, order, trainer.batch_size, drop_last=True)):
-        x, y, teacher_p = trainer._prepare(batch)
+        x, y, teacher_p = trainer.prepare(batch, step)
         sync()
         ready = time.perf_counter()
-        with trainer._autocast():
+        with autocast_for(trainer.device, trainer.amp):
             logits = trainer.model(x)
         loss, _ = trainer.loss(logits.float(), y, teacher_p)
         trainer.optimizer.zero_grad(set_to_none=True)

@@ -31,6 +31,7 @@ from pipeline.training.batches import Batch, batches
 from pipeline.training.distributed import DistInfo
 from pipeline.training.engine import Trainer, TrainRequest
 from pipeline.training.presets import resolve_config
+from pipeline.training.setup import build_trainer
 from stages.features import run_features
 
 
@@ -52,7 +53,7 @@ def timed_steps(trainer: Trainer, source: Iterator[Batch]) -> tuple[float, float
     clips = 0
     tick = time.perf_counter()
     for step, batch in enumerate(source):
-        x, y, teacher = trainer._prepare(batch)
+        x, y, teacher = trainer.prepare(batch, step)
         sync()
         ready = time.perf_counter()
         total, _ = trainer.loss(trainer.model(x).float(), y, teacher)
@@ -91,7 +92,7 @@ def main() -> None:
         for arch in ("cnn", "ast"):
             request = TrainRequest(features=work / "features.zarr", arch=arch, config=preset, out_dir=work / arch,
                                    device=args.device, progress=False)
-            trainer = Trainer(request, DistInfo(0, 1, torch.device(args.device)))
+            trainer = build_trainer(request, DistInfo(0, 1, torch.device(args.device)))
             order = trainer.sampler.rank_order()[: (args.steps + 1) * batch_size]
             for name, source in (("Zarr store (engine batches())", batches(store, order, batch_size)),
                                  ("decode wav + fbank per clip", decoded_batches(manifest, store, order, batch_size))):

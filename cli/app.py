@@ -12,7 +12,8 @@ from cli.common import ErrorBoundary, fail, print_json
 app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CNN/Transformer cross-model knowledge distillation for audio classification.")
 
-Scheduler = Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786); "
+Scheduler = Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786), or 'synchronous' "
+                                                       "(every task in this process, for tiny corpora); "
                                                        "default: a LocalCluster on this machine")]
 Workers = Annotated[Optional[int], typer.Option(help="LocalCluster workers (default: number of cores)")]
 
@@ -31,7 +32,7 @@ def demo_data(out_dir: Path,
 
 
 @app.command("manifest")
-def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset | folder | csv | ast-json")],
+def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset | folder | csv | ast-json | demo")],
              root: Annotated[Path, typer.Argument(help="dataset root as downloaded (csv: the csv file)")],
              out: Annotated[Path, typer.Option(help="manifest folder to write")],
              option: Annotated[list[str], typer.Option("--option", "-o", help="builder option KEY=VALUE")] = []) -> None:
@@ -136,11 +137,8 @@ def train_student_cmd(logits: Annotated[Optional[Path], typer.Option(help="cache
 
     if (logits is None) == (teacher is None):
         fail(ValueError("give exactly one of --logits STORE (cached teacher) or --teacher CKPT (online teacher)"))
-    defaults = student_defaults(logits, teacher)
-    defaults.features = features or defaults.features
+    defaults = student_defaults(logits, teacher, features, preset)
     defaults.model = model or defaults.model
-    if preset:
-        defaults.preset, defaults.overrides = preset, []
     defaults.overrides += list(set_)
     defaults.out = out or defaults.out.with_name(f"student-{defaults.model}-from-{defaults.teacher_family}")
     typer.echo(defaults.describe())
@@ -173,19 +171,23 @@ def cv_cmd(features: Annotated[Path, typer.Option(help="feature store with folds
            folds: Annotated[str, typer.Option(help="comma-separated folds")] = "1,2,3,4,5",
            weights: Optional[Path] = None, new_head: bool = False, pretrained_from_hub: bool = False,
            device: Optional[str] = None) -> None:
-    """K-fold cross-validation (ESC-50): one run per fold, mean ± std of the metric."""
+    """K-fold cross-validation (ESC-50): one run per fold, mean ± sample std (ddof=1) of the metric."""
     from pipeline.stores.chunks import StoreError
     from stages.cv import run_cv
+    from stages.train import train
 
     try:
-        summary = run_cv(features, model, out, folds=[int(f) for f in folds.split(",")], preset=preset,
+        summary = run_cv(train, features, model, out, folds=[int(f) for f in folds.split(",")], preset=preset,
                          overrides=set_, weights=str(weights) if weights else None, new_head=new_head,
                          allow_download=pretrained_from_hub, device=device)
     except (StoreError, ValueError, FileNotFoundError) as error:
         fail(error)
     for name in ("last", "best", "wa", "ensemble"):
         if name in summary:
-            typer.echo(f"{name:9s} {summary['metric']} {summary[name]['mean']:.4f} ± {summary[name]['std']:.4f}")
+            std = summary[name]["std"]
+            spread = "(one fold: no std)" if std is None else f"± {std:.4f}"
+            typer.echo(f"{name:9s} {summary['metric']} {summary[name]['mean']:.4f} {spread}")
+    typer.echo(f"(± is the {summary['std_kind']})")
 
 
 @app.command("print-config")
@@ -330,11 +332,12 @@ def run_stage_cmd(folder: Annotated[Path, typer.Argument(help="a stage folder ho
 
 def _register_stage_commands() -> None:
     """Commands whose argument parsing lives beside their stage's CLI module."""
-    from cli import logits, report, sweep
+    from cli import logits, report, sweep, tag
 
     logits.register(app)
     report.register(app)
     sweep.register(app)
+    tag.register(app)
 
 
 _register_stage_commands()

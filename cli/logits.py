@@ -27,7 +27,8 @@ def teacher_logits(
     chunk_clips: Annotated[Optional[int], typer.Option(help="clips per chunk = per task "
                                                             "(default: the feature store's)")] = None,
     batch_size: Annotated[int, typer.Option(help="clips per teacher forward pass")] = 32,
-    scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786); "
+    scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address (tcp://host:8786), or 'synchronous' "
+                                                          "(every task in this process, for tiny corpora); "
                                                           "default: a LocalCluster on this machine")] = None,
     workers: Annotated[Optional[int], typer.Option(help="LocalCluster workers (default: number of cores; "
                                                         "1 on CUDA)")] = None,

@@ -9,6 +9,7 @@ route and miss it by the other.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,7 +48,7 @@ def features(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any
     from stages.features import run_features
 
     return run_features(io["manifest"], io["out"], config=FeatureConfig.from_dict(params["features"]),
-                        chunk_clips=int(params["chunk_clips"]), scheduler=runtime.get("scheduler"),
+                        chunk_clips=int(params["chunk_clips"]), scheduler=_scheduler(runtime),
                         n_workers=runtime.get("workers"),
                         max_bad_fraction=float(params.get("max_bad_fraction", 0.05)),
                         overwrite=bool(runtime.get("overwrite", False)),
@@ -63,7 +64,7 @@ def teacher_logits(params: Settings, io: Settings, runtime: Settings) -> dict[st
                               time_mask=int(views["time_mask"]), mixup_rate=float(views["mixup_rate"]),
                               mixup_alpha=float(views["alpha"]), mix_mode=params["mix_mode"],
                               chunk_clips=params.get("chunk_clips"), batch_size=int(runtime.get("batch_size", 32)),
-                              scheduler=runtime.get("scheduler"), n_workers=runtime.get("workers"),
+                              scheduler=_scheduler(runtime), n_workers=runtime.get("workers"),
                               device=runtime.get("device"), overwrite=bool(runtime.get("overwrite", False)),
                               progress=bool(runtime.get("progress", True)))
 
@@ -84,6 +85,11 @@ def train(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any]:
                        device=runtime.get("device"), allow_download=bool(runtime.get("pretrained_from_hub")),
                        progress=bool(runtime.get("progress", True)),
                        extra={**(runtime.get("extra") or {}), "feature_store": str(Path(io["features"]).resolve())})
+
+
+def _scheduler(runtime: Settings) -> str | None:
+    """The stage's own scheduler, else the cluster its `cmkd-pipe run` shares (stages.graph), else None."""
+    return runtime.get("scheduler") or os.environ.get("CMKD_PIPE_SCHEDULER")
 
 
 def report(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any]:

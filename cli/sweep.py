@@ -43,9 +43,10 @@ def kd_sweep(
     """Grid over τ and λ: one KD student per point, selected by the validation split's metric (resumable)."""
     from pipeline.stores.chunks import StoreError
     from stages.kd_sweep import markdown_table, run_kd_sweep
+    from stages.train import train
 
     try:
-        summary = run_kd_sweep(features, logits, model, out, preset=preset, taus=parse_grid(taus, "--taus"),
+        summary = run_kd_sweep(train, features, logits, model, out, preset=preset, taus=parse_grid(taus, "--taus"),
                                lams=parse_grid(lams, "--lams"), overrides=set_,
                                weights=str(weights) if weights else None, new_head=new_head,
                                allow_download=pretrained_from_hub, device=device)

@@ -1,5 +1,9 @@
 """Batch augmentation (SpecAugment, feature-domain mixup) and deterministic teacher views.
 
+`augment_batch` is a training step's augmentation (mixup, then SpecAugment) as a pure function of the
+batch and a torch.Generator; `step_seeds(seed, epoch, step, rank)` gives that generator's seed, so a
+step's draws never depend on what ran before it (exact resume, also under DDP).
+
 Feature-domain mixup: AST mixes waveforms, λ·w_a + (1 − λ)·w_b with λ ~ Beta(10, 10), and recomputes
 the fbank. We mix the stored log-mel instead, so no fbank is recomputed. Mode "power" mixes mel
 powers, log(λ·e^a + (1 − λ)·e^b): the mixture of two uncorrelated sources up to a level offset (the
@@ -134,6 +138,39 @@ def mix_targets(y: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch
     lam = lam.to(device=y.device, dtype=torch.float32).view(-1, 1)
     y = y.float()
     return lam * y + (1 - lam) * y[perm.to(y.device)]
+
+
+@dataclass(frozen=True)
+class AugmentedBatch:
+    x: torch.Tensor  # raw log-mel after mixup and SpecAugment [B, T, F]
+    y: torch.Tensor  # mixed targets [B, K] (float32)
+    perm: torch.Tensor  # mixup partner of each row [B]
+    lam: torch.Tensor  # mixup weight of each row [B] (1: unmixed)
+
+
+def augment_batch(x: torch.Tensor, y: torch.Tensor, valid_frames: torch.Tensor | None, settings: dict[str, Any],
+                  generator: torch.Generator, keep: torch.Tensor | None = None) -> AugmentedBatch:
+    """Mixup, then SpecAugment, of a raw log-mel batch x [B, T, F] with targets y [B, K].
+
+    `settings` is the config's `augment` section (mixup_rate, mixup_alpha, mixup_mode, freq_mask,
+    time_mask). Every draw comes from `generator`, in this order: mixup pairs and λ, then the masks;
+    the same generator state gives the same batch. `keep` [B] bool marks rows left unmixed (λ = 1),
+    e.g. rows a teacher view replaces afterwards.
+    """
+    perm, lam = mixup_pairs(len(x), float(settings["mixup_rate"]), float(settings["mixup_alpha"]), generator)
+    if keep is not None:
+        lam = torch.where(keep, torch.ones_like(lam), lam)
+    mixed = mix_features(x, perm, lam, settings["mixup_mode"], valid_frames)
+    mixed = spec_augment(mixed, int(settings["freq_mask"]), int(settings["time_mask"]), generator)
+    return AugmentedBatch(mixed, mix_targets(y, perm, lam), perm, lam)
+
+
+def step_seeds(seed: int, epoch: int, step: int, rank: int) -> tuple[int, int]:
+    """Two independent 63-bit seeds for one training step of one rank: (data augmentation, the model's
+    own randomness such as dropout). A pure function of its arguments, so a resumed run redraws exactly
+    what the interrupted one would have, on every rank, without saving any RNG state."""
+    words = np.random.SeedSequence([seed, epoch, step, rank]).generate_state(2, dtype=np.uint64)
+    return int(words[0]) >> 1, int(words[1]) >> 1
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,21 @@ class FeatureConfig:
     remove_dc: bool = True  # subtract the clip mean before fbank (AST/PSLA)
     target_frames: int = 1024  # pad with zeros / trim the tail to this many frames
 
+    @property
+    def window_samples(self) -> int:
+        """Samples per analysis frame (Kaldi truncates: 400 at 16 kHz and 25 ms)."""
+        return int(self.sample_rate * self.frame_length_ms * 0.001)
+
+    @property
+    def shift_samples(self) -> int:
+        """Samples between frame starts (160 at 16 kHz and 10 ms)."""
+        return int(self.sample_rate * self.frame_shift_ms * 0.001)
+
+    @property
+    def input_samples(self) -> int:
+        """Samples whose fbank is exactly `target_frames` frames (one model input)."""
+        return (self.target_frames - 1) * self.shift_samples + self.window_samples
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

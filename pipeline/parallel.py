@@ -1,15 +1,19 @@
-"""Run independent chunk tasks on Dask: a LocalCluster by default, or an existing cluster by address."""
+"""Run independent chunk tasks: on a Dask LocalCluster by default, on an existing cluster by address, or
+one after another in this process (`scheduler="synchronous"`: tiny corpora, debugging, tests)."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
+
+SYNCHRONOUS = "synchronous"  # the `scheduler` value that runs every task in the calling process
 
 
 @dataclass
@@ -38,47 +42,88 @@ def _describe(item: Any) -> str:
 def dask_client(scheduler: str | None = None, n_workers: int | None = None,
                 threads_per_worker: int = 1) -> Iterator[Any]:
     """A distributed Client: to `scheduler` (an address like tcp://host:8786) or a new LocalCluster."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if scheduler:
         with Client(scheduler, timeout="30s") as client:
             yield client
         return
     workers = n_workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    with local_cluster(workers, threads_per_worker) as cluster, Client(cluster) as client:
         yield client
+
+
+@contextlib.contextmanager
+def local_cluster(n_workers: int, threads_per_worker: int = 1) -> Iterator[Any]:
+    """A LocalCluster whose workers run torch at full speed: distributed sets MALLOC_TRIM_THRESHOLD_=65536
+    in every worker it spawns, which makes glibc return memory to the system so often that a torch forward
+    runs 2.3-3x slower; the variable is left out here (set it yourself in the environment to keep it)."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+            LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                         dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        yield cluster
 
 
 def run_tasks(fn: Callable[[Any], Any], items: Sequence[Any], *, scheduler: str | None = None,
               n_workers: int | None = None, desc: str = "tasks", progress: bool = True,
               on_result: Callable[[Any], None] | None = None) -> list[Any]:
-    """Run `fn(item)` for every item on Dask; return results in completion order.
+    """Run `fn(item)` for every item; return results in completion order.
 
+    `scheduler`: None starts a LocalCluster of `n_workers` processes, an address (tcp://host:8786) uses
+    that cluster, "synchronous" runs the tasks in order in this process (no workers, no retries).
     Every task runs even if some fail; failures are raised together at the end as StageTasksFailed.
-    A task whose worker dies is retried on another worker (Dask reschedules it).
+    On Dask a task whose worker dies is retried on another worker (Dask reschedules it).
     """
     if not items:
         return []
-    from distributed import as_completed
-
     results, failures = [], []
-    with dask_client(scheduler, n_workers) as client:
-        futures = client.map(_guarded, [fn] * len(items), list(items), pure=False, retries=2)
-        bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="chunk")
-        for future in as_completed(futures):
-            ok, item, value = future.result()
-            if ok:
-                results.append(value)
-                if on_result:
-                    on_result(value)
-            else:
-                failures.append(TaskFailure(item, value))
-            bar.update(1)
-        bar.close()
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="chunk")
+    for ok, item, value in _outcomes(fn, items, scheduler, n_workers):
+        if ok:
+            results.append(value)
+            if on_result:
+                on_result(value)
+        else:
+            failures.append(TaskFailure(item, value))
+        bar.update(1)
+    bar.close()
     if failures:
         raise StageTasksFailed(desc, failures)
     return results
+
+
+def _outcomes(fn: Callable[[Any], Any], items: Sequence[Any], scheduler: str | None,
+              n_workers: int | None) -> Iterator[tuple[bool, Any, Any]]:
+    """(ok, item, result or traceback) of every task, in completion order."""
+    if scheduler == SYNCHRONOUS:
+        with _torch_threads_restored():
+            for item in items:
+                yield _guarded(fn, item)
+        return
+    from distributed import as_completed
+
+    with dask_client(scheduler, n_workers) as client:
+        futures = client.map(_guarded, [fn] * len(items), list(items), pure=False, retries=2)
+        for future in as_completed(futures):
+            yield future.result()
+
+
+@contextlib.contextmanager
+def _torch_threads_restored() -> Iterator[None]:
+    """Tasks pin torch to one thread, as a worker process of the one-thread-per-worker cluster should;
+    run in the caller's process, they give its own thread count back afterwards."""
+    torch = sys.modules.get("torch")  # the stages that run tasks have it loaded
+    if torch is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _guarded(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any, Any]:

@@ -1,13 +1,20 @@
-"""Completion records: written by a stage on success only, read to decide what is done or stale."""
+"""Completion records (written by a stage on success only, read to decide what is done or stale) and
+the atomic-write helpers every stage uses: a temporary file beside the target, renamed over it."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import socket
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pipeline.config import fingerprint
 from pipeline.version import code_version
@@ -25,17 +32,57 @@ def stage_fingerprint(stage: str, config: dict[str, Any], inputs: dict[str, str]
     return fingerprint({"stage": stage, "config": config, "inputs": inputs})
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write through a temp file in the same folder and rename, so readers never see half a file."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside `path` to write to; on success it is renamed over `path` (readers never
+    see half a file), on error removed. `suffix` ends the temporary name (np.savez wants ".npz")."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+def save_npz_atomic(path: str | os.PathLike, **arrays: Any) -> None:
+    """np.savez_compressed(path, **arrays), atomically."""
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def torch_save_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """torch.save(obj, path), atomically and flushed to disk before the rename."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        torch.save(obj, stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def write_record(stage_dir: str | os.PathLike, *, stage: str, config: dict[str, Any], inputs: dict[str, str],

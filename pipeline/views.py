@@ -13,7 +13,7 @@ import torch
 
 from pipeline.augment import ViewParams, ViewSpec, apply_views, view_params
 from pipeline.stores.feature_store import FeatureStore
-from pipeline.training.batches import ChunkCache
+from pipeline.stores.chunk_cache import ChunkCache
 
 
 class ViewBuilder:

@@ -3,6 +3,8 @@
 Inputs:  a complete feature store with folds; a preset.
 Outputs: OUT/fold-K/ (one training run folder per fold) and OUT/cv.json.
 Resume:  a fold with results.json is kept; an interrupted fold resumes from its last state.
+The fold runs are made by the train stage's `train` function, passed in by the caller (the CLI): a
+stage never imports another stage.
 """
 from __future__ import annotations
 
@@ -13,19 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.datasets import fold_overrides
 from pipeline.records import write_json_atomic
-from stages.train import train
+from pipeline.training.engine import TrainRun
 
 AGGREGATES = ("last", "best", "wa", "ensemble")
+STD = "sample std (ddof=1) over folds"
 
 
-def fold_overrides(fold: int) -> list[str]:
-    """Train on every other fold, validate and test on `fold` (the AST ESC-50 protocol)."""
-    return [f"data.train=fold!={fold}", f"data.val=fold=={fold}", f"data.test=fold=={fold}"]
-
-
-def run_cv(features: str | os.PathLike, arch: str, out: str | os.PathLike, *, folds: list[int], preset: str,
-           overrides: list[str] | None = None, progress: bool = True, **train_options: Any) -> dict[str, Any]:
+def run_cv(train: TrainRun, features: str | os.PathLike, arch: str, out: str | os.PathLike, *, folds: list[int],
+           preset: str, overrides: list[str] | None = None, progress: bool = True,
+           **train_options: Any) -> dict[str, Any]:
+    """One `train` run per fold (train on the others, validate and test on it), then cv.json."""
     out = Path(out)
     per_fold = {}
     for fold in folds:
@@ -43,12 +44,13 @@ def run_cv(features: str | os.PathLike, arch: str, out: str | os.PathLike, *, fo
 
 
 def summarize_folds(per_fold: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std (population, as AST reports fold averages) of the main metric per aggregate."""
+    """Mean ± sample std (ddof=1, as the report; None for one fold) of the main metric per aggregate."""
     first = next(iter(per_fold.values()))
     metric = first["metric"]
-    summary: dict[str, Any] = {"metric": metric, "folds": sorted(per_fold)}
+    summary: dict[str, Any] = {"metric": metric, "folds": sorted(per_fold), "std_kind": STD}
     for name in AGGREGATES:
         values = [r[name][metric] for r in per_fold.values() if name in r and r[name].get(metric) is not None]
         if values:
-            summary[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_fold": values}
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            summary[name] = {"mean": float(np.mean(values)), "std": std, "per_fold": values}
     return summary

@@ -10,13 +10,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pipeline.config import Normalization
-from pipeline.features import normalize
 from pipeline.metrics import summarize
 from pipeline.models.checkpoint import check_compatible, load_checkpoint
+from pipeline.predict import predict_probs
 from pipeline.records import write_json_atomic
 from pipeline.stores.feature_store import FeatureStore
 from pipeline.training.batches import batches
@@ -32,14 +31,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, features: str | os.PathLi
     check_compatible(meta, store.feature_config.to_dict(), store.vocabulary)
     norm = Normalization.from_dict(meta["normalization"])
     rows = store.select(split)
-    model = model.to(target).eval()
-    scores = []
-    with torch.no_grad():
-        for batch in batches(store, rows, batch_size):
-            logits = model(normalize(torch.from_numpy(batch.x).to(target), norm)).float()
-            scores.append((torch.sigmoid(logits) if store.multilabel else torch.softmax(logits, -1)).cpu().numpy())
+    scores = predict_probs(model.to(target), batches(store, rows, batch_size), store.multilabel, norm=norm,
+                           device=target, n_classes=store.n_classes, amp=False)
     result = {"checkpoint": str(checkpoint), "features": str(features), "split": split, "n_clips": int(len(rows)),
-              **summarize(np.concatenate(scores), store.targets[rows], store.multilabel)}
+              **summarize(scores, store.targets[rows], store.multilabel)}
     if out is not None:
         write_json_atomic(Path(out), result)
     return result

@@ -20,6 +20,7 @@ from pipeline.audio import AudioError, load_audio
 from pipeline.config import FeatureConfig
 from pipeline.features import clip_features
 from pipeline.parallel import run_tasks
+from pipeline.records import atomic_path
 from pipeline.stores import feature_store as fs
 from pipeline.stores.chunks import StoreError, chunk_range, pending_chunks, write_errors_as_store_errors
 
@@ -65,8 +66,8 @@ def run_features(manifest_dir: str | os.PathLike, out: str | os.PathLike, *, con
     bad = fs.bad_clip_table(group).merge(manifest.clips[["clip_id", "path"]], on="clip_id", how="left")
     bad = bad[["clip_id", "path", "reason"]]
     with write_errors_as_store_errors(bad_clips_path(out)):
-        bad.to_csv(_tmp(bad_clips_path(out)), index=False)
-        os.replace(_tmp(bad_clips_path(out)), bad_clips_path(out))
+        with atomic_path(bad_clips_path(out)) as tmp:
+            bad.to_csv(tmp, index=False)
     fraction = len(bad) / len(manifest)
     summary = {"store": str(out), "clips": len(manifest), "chunks": group.attrs["n_chunks"],
                "chunks_run": len(todo), "bad": len(bad), "bad_fraction": fraction}
@@ -115,7 +116,3 @@ def compute_chunk(task: ChunkTask) -> fs.ChunkResult:
         raise StoreError(f"{task.store}: not a feature store")
     stats = fs.write_chunk(group, task.index, feats, valid, ok, reasons)
     return fs.ChunkResult(task.index, stats, bad)
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")

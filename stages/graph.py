@@ -17,6 +17,7 @@ failed.json is newer than any record.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -28,7 +29,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from data_manifests.digest import audio_digest, index_files
 from pipeline.config import FeatureConfig
@@ -40,6 +41,8 @@ from pipeline.training.presets import resolve_config, select_arch
 FAMILIES = ("cnn", "ast")
 CONFIG_NAME = "config.json"
 PREVIOUS = "previous"  # a stale stage's last outputs, kept until its next rerun
+CHUNKED = ("features", "teacher-logits")  # the stages that run chunk tasks on Dask
+SCHEDULER_VARIABLE = "CMKD_PIPE_SCHEDULER"  # a shared cluster's address for the stage processes of one run
 # Training settings that cannot change a result: never part of a stage's identity.
 RUNTIME_TRAIN_KEYS = (("train", "compile"), ("train", "checkpoint_every_steps"))
 
@@ -421,7 +424,33 @@ def run(options: RunOptions, until: str | None = None, only: str | None = None,
             todo.append((stage, status))
     jobs = max(1, options.jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    return _run_ready(todo, run_dir, options, jobs, threads, echo)
+    with _shared_cluster(options, [stage for stage, _ in todo]):
+        return _run_ready(todo, run_dir, options, jobs, threads, echo)
+
+
+@contextlib.contextmanager
+def _shared_cluster(options: RunOptions, stages: list[Stage]) -> Iterator[None]:
+    """One LocalCluster for every chunked stage of this run (a new one costs 10-15 s): its address reaches
+    the stage processes as CMKD_PIPE_SCHEDULER, read where a stage has no scheduler of its own."""
+    if options.scheduler or not any(stage.kind in CHUNKED for stage in stages) or _gpu_run(options):
+        yield  # on a GPU a teacher-logits stage starts its own cluster of one worker per GPU
+        return
+    from pipeline.parallel import local_cluster
+
+    with local_cluster(options.workers or os.cpu_count() or 1) as cluster:
+        os.environ[SCHEDULER_VARIABLE] = cluster.scheduler_address
+        try:
+            yield
+        finally:
+            os.environ.pop(SCHEDULER_VARIABLE, None)
+
+
+def _gpu_run(options: RunOptions) -> bool:
+    if options.device is not None:
+        return not options.device.startswith("cpu")
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _run_ready(todo: list[tuple[Stage, str]], run_dir: Path, options: RunOptions, jobs: int, threads: int | None,
@@ -495,7 +524,7 @@ def status_rows(options: RunOptions) -> list[dict[str, str]]:
 
 def _chunk_progress(stage: Stage, run_dir: Path) -> str:
     """done/total chunks for the chunked stages' stores."""
-    if stage.kind not in ("features", "teacher-logits"):
+    if stage.kind not in CHUNKED:
         return ""
     store = Path(stage.io["out"])
     if not (store / "chunk_done" / "zarr.json").exists():

@@ -8,6 +8,8 @@ Outputs: OUT/tau-<τ>_lam-<λ>/ (one student run folder per grid point, as `trai
          OUT/sweep.md: the same as a Markdown table, the best row marked.
 Resume:  a grid point whose folder holds results.json is kept (refused when its config.yaml is not this
          sweep's config for that point); an interrupted point resumes from its checkpoints/last.pt.
+The student runs are made by the train stage's `train` function, passed in by the caller (the CLI):
+a stage never imports another stage.
 """
 from __future__ import annotations
 
@@ -22,9 +24,8 @@ import yaml
 from pipeline.config import dump_config
 from pipeline.records import write_json_atomic, write_text_atomic
 from pipeline.training.logs import load_metrics
-from pipeline.training.engine import family
+from pipeline.training.engine import TrainRun, family
 from pipeline.training.presets import resolve_config, select_arch
-from stages.train import train
 
 
 def point_name(tau: float, lam: float) -> str:
@@ -32,12 +33,12 @@ def point_name(tau: float, lam: float) -> str:
     return f"tau-{tau:g}_lam-{lam:g}"
 
 
-def run_kd_sweep(features: str | os.PathLike, logits: str | os.PathLike, arch: str, out: str | os.PathLike, *,
-                 preset: str, taus: list[float], lams: list[float], overrides: list[str] | None = None,
-                 progress: bool = True, **train_options: Any) -> dict[str, Any]:
+def run_kd_sweep(train: TrainRun, features: str | os.PathLike, logits: str | os.PathLike, arch: str,
+                 out: str | os.PathLike, *, preset: str, taus: list[float], lams: list[float],
+                 overrides: list[str] | None = None, progress: bool = True, **train_options: Any) -> dict[str, Any]:
     """Train the (τ, λ) grid (skipping finished points), write sweep.json and sweep.md, return the summary.
 
-    train_options go to stages.train.train (device, weights, new_head, allow_download).
+    train_options go to `train` (device, weights, new_head, allow_download).
     """
     out = Path(out)
     taus, lams = _unique(taus, "tau"), _unique(lams, "lam")

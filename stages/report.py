@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.metrics import average_precision
-from pipeline.records import read_failure, write_json_atomic
+from pipeline.records import atomic_path, read_failure, write_json_atomic, write_text_atomic
 from pipeline.training.logs import load_metrics
 from pipeline.version import code_version
 
@@ -506,9 +506,8 @@ def _figure(width: float, height: float):
 
 
 def _save(figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
 
 
 def _plot_curves(path: Path, curves: dict[str, Any], labels: dict[str, str], ylabel: str, empty: str) -> None:
@@ -709,6 +708,4 @@ def _beats(beats: dict[str, Any] | None) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)

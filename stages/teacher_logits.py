@@ -13,7 +13,6 @@ Resume:  the store's provenance attrs (teacher, checkpoint sha256, views, featur
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
@@ -33,6 +32,8 @@ from pipeline.features import normalize
 from pipeline.metrics import summarize
 from pipeline.models.checkpoint import check_compatible, file_sha256, load_checkpoint, read_checkpoint
 from pipeline.parallel import run_tasks
+from pipeline.predict import model_logits, probabilities
+from pipeline.records import atomic_path
 from pipeline.stores import logits_store as ls
 from pipeline.stores.chunks import StoreError, chunk_range, open_store, pending_chunks
 from pipeline.stores.feature_store import FeatureStore
@@ -186,16 +187,9 @@ def compute_chunk(task: ChunkTask) -> int:
             inputs = torch.from_numpy(x[part])
             if view > 0:
                 inputs = builder.build(rows[part], x[part], [view] * len(inputs))[0]
-            logits[part, view] = _forward(model, normalize(inputs.to(device), norm), device)
+            logits[part, view] = model_logits(model, normalize(inputs.to(device), norm)).cpu().numpy()
     ls.write_chunk(group, task.index, logits)
     return task.index
-
-
-def _forward(model: nn.Module, x: torch.Tensor, device: torch.device) -> np.ndarray:
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
-    with torch.no_grad(), autocast:
-        return model(x).float().cpu().numpy()
 
 
 # ------------------------------------------------------------------------------ inspection
@@ -251,14 +245,12 @@ def inspect_logits(store: str | os.PathLike, features: str | os.PathLike | None 
 
 def _probabilities_and_entropy(logits: torch.Tensor, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
     """Per-clip probabilities and prediction entropy in nats (multi-label: mean Bernoulli entropy per class)."""
+    probs = probabilities(logits, multilabel)
     if multilabel:
-        probs = torch.sigmoid(logits)
         entropy = -(probs * nn.functional.logsigmoid(logits)
                     + (1 - probs) * nn.functional.logsigmoid(-logits)).mean(dim=1)
     else:
-        log_probs = torch.log_softmax(logits, dim=1)
-        probs = log_probs.exp()
-        entropy = -(probs * log_probs).sum(dim=1)
+        entropy = -(probs * torch.log_softmax(logits, dim=1)).sum(dim=1)
     return probs.numpy(), entropy.numpy()
 
 
@@ -282,6 +274,6 @@ def _plot(path: Path, splits: dict[str, np.ndarray], entropy: np.ndarray, confid
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
     figure.suptitle("teacher predictions on clean inputs (view 0)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
     return path

@@ -1,10 +1,12 @@
 """Training stage: a model trained on a feature store (teachers, baselines, and KD students).
 
 Inputs:  a complete feature store; optionally a logits store (--logits) or a teacher checkpoint (--teacher).
-Outputs: OUT/ with final.pt (the exported model), best.pt, wa.pt, results.json, metrics, curves.png,
-         checkpoints/last.pt (resume state).
-Resume:  --resume continues from checkpoints/last.pt exactly (model, optimiser, scheduler, sampler, RNG).
-Launch under torchrun for DDP (one process per device).
+Outputs: OUT/ with config.yaml, final.pt (the exported model: wa.pt when weight averaging ran, else the
+         last epoch's weights), best.pt, wa.pt, results.json, test_predictions.npz, metrics.jsonl/.csv,
+         tensorboard/, curves.png, checkpoints/last.pt (resume state).
+Resume:  --resume continues from checkpoints/last.pt exactly (model, optimiser, scheduler, sampler; the
+         augmentation and dropout draws are functions of seed, epoch, step and rank).
+Launch under torchrun for DDP (one process per device): every rank trains, rank 0 writes.
 """
 from __future__ import annotations
 
@@ -12,17 +14,25 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.training.engine import TrainRequest, family, run_training
+from pipeline.config import dump_config
+from pipeline.metrics import summarize
+from pipeline.models.checkpoint import load_checkpoint
+from pipeline.records import copy_atomic, save_npz_atomic, write_json_atomic, write_text_atomic
+from pipeline.training.averaging import average_state_dicts
+from pipeline.training.distributed import barrier, init_distributed, shutdown
+from pipeline.training.engine import FitOutcome, Trainer, TrainRequest, family, wa_range
+from pipeline.training.logs import RunLogger
 from pipeline.training.presets import resolve_config
+from pipeline.training.setup import build_trainer
 
 
 def train(features: str | os.PathLike, arch: str, out: str | os.PathLike, *, preset: str = "demo",
-          overrides: list[str] | None = None, config: dict[str, Any] | None = None, resume: bool = False, weights: str | None = None,
-          new_head: bool = False, logits: str | None = None, teacher: str | None = None,
+          overrides: list[str] | None = None, config: dict[str, Any] | None = None, resume: bool = False,
+          weights: str | None = None, new_head: bool = False, logits: str | None = None, teacher: str | None = None,
           device: str | None = None, allow_download: bool = False, progress: bool = True,
           extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the engine with `config` (a resolved config, as the stage graph writes it) or else the preset
-    with dotted overrides."""
+    """Train with `config` (a resolved config, as the stage graph writes it) or else the preset with dotted
+    overrides, and write the run folder; return results.json's content."""
     family(arch)
     if config is None:
         config = resolve_config(preset, overrides or [])
@@ -33,3 +43,66 @@ def train(features: str | os.PathLike, arch: str, out: str | os.PathLike, *, pre
                            allow_download=allow_download, progress=progress,
                            extra={"preset": preset, **(extra or {})})
     return run_training(request)
+
+
+def run_training(request: TrainRequest) -> dict[str, Any]:
+    """Train one model (single process or one torchrun rank) into its run folder."""
+    info = init_distributed(request.device)
+    try:
+        trainer = build_trainer(request, info)
+        out = trainer.out
+        resuming = request.resume and trainer.state_path().is_file()
+        logger = None
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if not resuming:
+                write_text_atomic(out / "config.yaml", dump_config(request.config))
+            logger = RunLogger(out)
+        outcome = trainer.fit(resume=request.resume, logger=logger)
+        return write_run_folder(trainer, outcome, logger)
+    finally:
+        shutdown(info)
+
+
+def write_run_folder(trainer: Trainer, outcome: FitOutcome, logger: RunLogger | None) -> dict[str, Any]:
+    """Weight averaging, the ensemble, final.pt, test_predictions.npz, results.json and curves.png (rank 0
+    writes; every rank takes part in the gathered predictions and returns the results)."""
+    out, store, test = trainer.out, trainer.store, trainer.splits.test
+    last = outcome.last if outcome.last is not None else trainer.evaluate(test)[0]
+    results: dict[str, Any] = {"arch": trainer.checkpoint_meta["extra"]["arch"], "metric": trainer.metric,
+                               "epochs": trainer.epochs, "multilabel": store.multilabel, "n_test": int(len(test)),
+                               "last": last, "best": {"epoch": outcome.best["epoch"], **outcome.best.get("test", {})}}
+    wa_start, wa_end = wa_range(trainer.config)
+    paths = [out / "checkpoints" / f"epoch_{e:03d}.pt" for e in range(wa_start, wa_end + 1)]
+    paths = [p for p in paths if p.is_file()]
+    export = "last"
+    final_scores = trainer.predict(test)
+    if paths:
+        wa_model, _ = load_checkpoint(paths[-1], map_location=trainer.device)
+        wa_model.load_state_dict(average_state_dicts(paths, key="state_dict"))
+        wa_metrics, final_scores = trainer.evaluate(test, wa_model)
+        results["wa"] = {"epochs": [wa_start, wa_end], **wa_metrics}
+        trainer.save_model(out / "wa.pt", wa_model)
+        export = "wa"
+    if outcome.ensemble.count:
+        results["ensemble"] = summarize(outcome.ensemble.mean(), store.targets[test], store.multilabel)
+    results["final"] = export  # every rank returns it (the CLI prints it under torchrun too)
+    teacher_scores = trainer.teacher.test_probabilities(test)  # collective for an online teacher
+    if trainer.dist.is_main:
+        if export == "wa":
+            copy_atomic(out / "wa.pt", out / "final.pt")
+        else:
+            trainer.save_model(out / "final.pt")
+        results["run"] = {"name": out.name, "group": out.parent.name, "role": trainer.teacher.role}
+        predictions = {"rows": test, "clip_ids": store.clip_ids[test], "scores": final_scores,
+                       "targets": store.targets[test]}
+        if teacher_scores is not None:
+            results["teacher"] = trainer.teacher.info
+            predictions["teacher_scores"] = teacher_scores
+        save_npz_atomic(out / "test_predictions.npz", **predictions)
+        write_json_atomic(out / "results.json", results)
+        if logger:
+            logger.plot_curves(out / "curves.png", metric=trainer.metric)
+            logger.close()
+    barrier(trainer.dist)
+    return results

@@ -10,7 +10,7 @@ Only `clip_id` and `audio` are required; the rest default as shown (labels defau
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 
 from data_manifests.manifest import Manifest, Vocabulary
+from pipeline.parallel import SYNCHRONOUS
 
 TINY_CLASSES = ("a", "b", "c")
 
@@ -75,6 +76,38 @@ def write_corpus(root: Path, clips: list[dict[str, Any]] | None = None, *, name:
     return manifest.save(root / "manifest")
 
 
+def save_random_model(path: Path, store: Any, model_config: dict[str, Any], *, seed: int = 0,
+                      weight_std: float | None = 0.5, normalization: Any = None) -> tuple[Any, Any]:
+    """A randomly initialised model for a FeatureStore's input shape and classes, saved at `path` as a
+    checkpoint, as a trained teacher would be. weight_std: every weight drawn from N(0, weight_std), large
+    enough that the logits clearly depend on the input (None: the model's own init). normalization:
+    default the store's statistics with divisor 2. Returns (model in eval mode, normalization)."""
+    import torch
+
+    from pipeline.config import Normalization
+    from pipeline.models.checkpoint import save_checkpoint
+    from pipeline.models.factory import build_model
+
+    features = store.feature_config
+    torch.manual_seed(seed)
+    model = build_model(model_config, store.n_classes, features.num_mel_bins, features.target_frames)
+    if weight_std is not None:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.normal_(0.0, weight_std)
+    norm = normalization or Normalization(store.mean, store.std, 2.0)
+    save_checkpoint(path, model, feature_config=features.to_dict(), normalization=norm.to_dict(),
+                    vocabulary=store.vocabulary)
+    return model.eval(), norm
+
+
+@pytest.fixture(scope="session")
+def random_teacher() -> Callable[..., tuple[Any, Any]]:
+    """`save_random_model(path, store, model_config, *, seed=0, weight_std=0.5, normalization=None)
+    -> (model, normalization)`: a random teacher checkpoint for a feature store (see save_random_model)."""
+    return save_random_model
+
+
 @pytest.fixture(scope="session")
 def corpus_writer() -> CorpusWriter:
     """`write_corpus(root, clips=None, *, name, classes, multilabel) -> manifest folder`, for any scope."""
@@ -97,3 +130,20 @@ def make_tone() -> Callable[..., np.ndarray]:
 def tiny_clips() -> list[dict[str, Any]]:
     """A fresh list of the default clip dicts (see `default_tiny_clips`), to edit and pass to write_corpus."""
     return default_tiny_clips()
+
+
+@pytest.fixture(scope="session")
+def scheduler() -> str:
+    """The `scheduler=` for in-process stage runs: every task in the test process, no worker start-up.
+    Tests where a real cluster is the point take `dask_cluster` instead."""
+    return SYNCHRONOUS
+
+
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[str]:
+    """Address of the test session's one Dask LocalCluster (2 worker processes, started on first use), made
+    as the stages make theirs (pipeline.parallel.local_cluster)."""
+    from pipeline.parallel import local_cluster
+
+    with local_cluster(n_workers=2) as cluster:
+        yield cluster.scheduler_address

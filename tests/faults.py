@@ -1,7 +1,8 @@
 """Fault injection for the tests: kill a stage at random moments and rerun it, fill a disk, drop root.
 
-`kill_and_rerun` runs a command in its own process group (so a Dask LocalCluster or torchrun started
-by the command dies with it), SIGKILLs the whole group at a moment drawn from a seeded RNG, checks
+`kill_and_rerun` runs a command in its own process group (so a Dask LocalCluster started by the
+command dies with it; torchrun starts its ranks in sessions of their own, which only `kill_tree`
+reaches), SIGKILLs the whole group at a moment drawn from a seeded RNG, checks
 what the killed run left behind, and reruns the same command until one run completes:
 
     outcome = kill_and_rerun(cli("features", ...), seed=1, kills=2, log_dir=tmp_path,
@@ -80,6 +81,92 @@ def kill_group(process: subprocess.Popen, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"processes survived SIGKILL of group {process.pid}: {live_members(process.pid)}")
         time.sleep(0.02)
+
+
+def resume_position(state: Path) -> tuple[int, int] | None:
+    """(epoch, sampler position within it) of a training resume state, or None while there is none yet."""
+    import torch
+
+    try:
+        saved = torch.load(state, map_location="cpu", weights_only=False)
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return None
+    return saved["epoch"], saved["sampler"]["position"]
+
+
+def assert_same_runs(ref: Path, res: Path) -> None:
+    """Two training run folders hold bitwise the same models, training state (weights, optimiser moments),
+    test metrics, predictions and per-epoch learning rates and test accuracies."""
+    import json
+
+    import numpy as np
+    import torch
+
+    def same_tensors(a: dict, b: dict, what: str) -> None:
+        assert a.keys() == b.keys(), what
+        for name in a:
+            assert torch.equal(a[name], b[name]), f"{what}: {name}"
+
+    def load(path: Path) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    for name in ("final.pt", "best.pt", "wa.pt", "checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt"):
+        same_tensors(load(ref / name)["state_dict"], load(res / name)["state_dict"], name)
+    ref_state, res_state = load(ref / "checkpoints/last.pt"), load(res / "checkpoints/last.pt")
+    same_tensors(ref_state["model"], res_state["model"], "last.pt model")
+    for ref_moments, res_moments in zip(ref_state["optimizer"]["state"].values(),
+                                        res_state["optimizer"]["state"].values()):
+        same_tensors(ref_moments, res_moments, "last.pt optimiser state")
+    assert ref_state["step"] == res_state["step"]
+    ref_results, res_results = (json.loads((p / "results.json").read_text()) for p in (ref, res))
+    for name in ("last", "best", "wa", "ensemble"):
+        assert ref_results[name] == res_results[name], name
+    assert np.array_equal(np.load(ref / "test_predictions.npz")["scores"],
+                          np.load(res / "test_predictions.npz")["scores"])
+    ref_rows, res_rows = ([json.loads(line) for line in (p / "metrics.jsonl").read_text().splitlines()]
+                          for p in (ref, res))
+    assert [(r["epoch"], r["lr"], r["test_accuracy"]) for r in ref_rows] == \
+           [(r["epoch"], r["lr"], r["test_accuracy"]) for r in res_rows]
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of the live descendants of `pid`, whatever their process group (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGKILL a process group and every descendant of its leader, also those that torchrun starts in
+    sessions of their own (its ranks), and wait until none of them is alive."""
+    pids = descendants(process.pid)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    kill_group(process, timeout)
+    deadline = time.monotonic() + timeout
+    while alive := [pid for pid in pids if _running(pid)]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes survived SIGKILL: {alive}")
+        time.sleep(0.02)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def tail(log: Path, chars: int = 3000) -> str:

@@ -13,10 +13,12 @@ from pipeline.augment import (
     ViewSpec,
     apply_view,
     apply_views,
+    augment_batch,
     mix_features,
     mix_targets,
     mixup_pairs,
     spec_augment,
+    step_seeds,
     view_params,
 )
 
@@ -135,6 +137,39 @@ def test_mix_targets():
     y = torch.tensor([[1, 0, 1], [0, 1, 1]], dtype=torch.uint8)
     out = mix_targets(y, torch.tensor([1, 0]), torch.tensor([0.7, 1.0]))
     torch.testing.assert_close(out, torch.tensor([[0.7, 0.3, 1.0], [0.0, 1.0, 1.0]]))
+
+
+AUGMENT = {"mixup_rate": 0.5, "mixup_alpha": 10.0, "mixup_mode": "power", "freq_mask": 6, "time_mask": 10}
+
+
+def test_augment_batch_is_mixup_then_spec_augment_from_one_generator():
+    x, y = _raw((8, 40, 16)), torch.eye(4)[torch.arange(8) % 4]
+    valid = torch.tensor([40, 30, 40, 20, 40, 40, 35, 40])
+    out = augment_batch(x, y, valid, AUGMENT, _gen(3))
+    replay = _gen(3)
+    perm, lam = mixup_pairs(8, 0.5, 10.0, replay)
+    expected = spec_augment(mix_features(x, perm, lam, "power", valid), 6, 10, replay)
+    assert torch.equal(out.perm, perm) and torch.equal(out.lam, lam) and (lam < 1).any()
+    assert torch.equal(out.x, expected)
+    assert torch.equal(out.y, mix_targets(y, perm, lam))
+    again = augment_batch(x, y, valid, AUGMENT, _gen(3))
+    assert torch.equal(again.x, out.x) and torch.equal(again.y, out.y)
+
+
+def test_augment_batch_keeps_rows_unmixed():
+    x, y = _raw((8, 40, 16)), torch.eye(4)[torch.arange(8) % 4]
+    keep = torch.tensor([True, False] * 4)
+    out = augment_batch(x, y, None, {**AUGMENT, "mixup_rate": 1.0, "freq_mask": 0, "time_mask": 0}, _gen(5), keep)
+    assert (out.lam[keep] == 1).all() and (out.lam[~keep] < 1).all()
+    assert torch.equal(out.x[keep], x[keep]) and torch.equal(out.y[keep], y[keep])
+
+
+def test_step_seeds_depend_on_every_coordinate():
+    base = step_seeds(0, 1, 2, 0)
+    assert step_seeds(0, 1, 2, 0) == base  # a pure function: a resumed run redraws the same
+    others = {step_seeds(*args) for args in ((1, 1, 2, 0), (0, 2, 2, 0), (0, 1, 3, 0), (0, 1, 2, 1))}
+    assert len(others) == 4 and base not in others
+    assert base[0] != base[1] and all(0 <= s < 2**63 for s in base)
 
 
 def test_view_spec_round_trip_and_validation():

@@ -56,7 +56,7 @@ def cv_run(tmp_path_factory, make_tone) -> dict:
     assert manifest.exit_code == 0, manifest.output
     features = runner.invoke(app, ["features", "--manifest", str(root / "manifest"), "--out",
                                    str(root / "features.zarr"), "--target-frames", "64", "--num-mel-bins", "32",
-                                   "--chunk-clips", "8", "--workers", "1"])
+                                   "--chunk-clips", "8", "--scheduler", "synchronous"])
     assert features.exit_code == 0, features.output
     args = ["cv", "--features", str(root / "features.zarr"), "--out", str(root / "cv"), "--preset", "esc50",
             "--model", "ast", "--device", "cpu"]
@@ -105,8 +105,10 @@ def test_cv_json_and_the_printed_mean_and_std(cv_run):
         per_fold = [json.loads((out / f"fold-{k}" / "results.json").read_text())[name]["accuracy"] for k in FOLDS]
         assert summary[name]["per_fold"] == per_fold
         assert summary[name]["mean"] == pytest.approx(np.mean(per_fold))
-        assert summary[name]["std"] == pytest.approx(np.std(per_fold))
-        assert printed[name] == (round(np.mean(per_fold), 4), round(np.std(per_fold), 4))
+        assert summary[name]["std"] == pytest.approx(np.std(per_fold, ddof=1))  # sample std, as the report
+        assert printed[name] == (round(np.mean(per_fold), 4), round(np.std(per_fold, ddof=1), 4))
+    assert summary["std_kind"] == "sample std (ddof=1) over folds"
+    assert "(± is the sample std (ddof=1) over folds)" in cv_run["stdout"]
 
 
 def test_a_rerun_keeps_the_finished_folds(cv_run):

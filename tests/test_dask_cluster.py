@@ -2,8 +2,8 @@
 
 The feature stage and the teacher-logits stage run through `--scheduler tcp://127.0.0.1:PORT`; in
 each, one worker is SIGKILLed once some chunks are done. The stage still completes, every chunk is
-marked done, and the store equals (bitwise) a run of the same settings on a LocalCluster. A fresh
-worker joins between the two stages, as on a cluster where workers come and go.
+marked done, and the store equals (bitwise) a run of the same settings on a LocalCluster (the session's).
+A fresh worker joins between the two stages, as on a cluster where workers come and go.
 """
 from __future__ import annotations
 
@@ -17,13 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from faults import REPO, chunk_markers, cli, kill_group, start, stage_env, tail
-from pipeline.config import FeatureConfig, Normalization
-from pipeline.models.checkpoint import save_checkpoint
-from pipeline.models.factory import build_model
+from pipeline.config import FeatureConfig
 from pipeline.stores.feature_store import FeatureStore
 from stages.features import run_features
 from stages.teacher_logits import run_teacher_logits
@@ -110,7 +107,8 @@ def assert_every_chunk_done(store: Path) -> None:
     assert np.asarray(group["chunk_done"][:]).tolist() == [1] * N_CLIPS and group.attrs["complete"] is True
 
 
-def test_stages_on_a_cluster_survive_a_killed_worker(tmp_path, cluster, corpus_writer, make_tone):
+def test_stages_on_a_cluster_survive_a_killed_worker(tmp_path, cluster, corpus_writer, make_tone, dask_cluster,
+                                                    random_teacher):
     clips = [{"clip_id": f"clip{i:02d}", "labels": ["abc"[i % 3]], "split": "train" if i % 4 else "eval",
               "sr": 44100, "audio": make_tone(300.0 + 37 * i, 4.0, 44100, 0.3, channels=2, noise=0.1, seed=i)}
              for i in range(N_CLIPS)]
@@ -129,12 +127,8 @@ def test_stages_on_a_cluster_survive_a_killed_worker(tmp_path, cluster, corpus_w
 
     cluster.add_worker("c")
     cluster.wait_for_workers(2)
-    store = FeatureStore(features)
-    torch.manual_seed(0)
-    model = build_model(TEACHER, store.n_classes, CONFIG.num_mel_bins, CONFIG.target_frames)
-    teacher = save_checkpoint(tmp_path / "teacher.pt", model, feature_config=CONFIG.to_dict(),
-                              normalization=Normalization(store.mean, store.std, 2.0).to_dict(),
-                              vocabulary=store.vocabulary)
+    teacher = tmp_path / "teacher.pt"
+    random_teacher(teacher, FeatureStore(features), TEACHER, weight_std=None)
     logits = tmp_path / "logits.zarr"
     view_args = ["--views", "4", "--freq-mask", "4", "--time-mask", "8", "--mixup-rate", "0.5"]
     done = run_killing_a_worker(
@@ -145,11 +139,11 @@ def test_stages_on_a_cluster_survive_a_killed_worker(tmp_path, cluster, corpus_w
     assert_every_chunk_done(logits)
 
     local_features, local_logits = tmp_path / "local-features.zarr", tmp_path / "local-logits.zarr"
-    run_features(manifest, local_features, config=CONFIG, chunk_clips=1, n_workers=1, progress=False)
+    run_features(manifest, local_features, config=CONFIG, chunk_clips=1, scheduler=dask_cluster, progress=False)
     assert np.array_equal(bits(features, "fbank"), bits(local_features, "fbank"))
     for name in ("valid_frames", "ok", "chunk_stats"):
         np.testing.assert_array_equal(zarr.open_group(store=str(features), mode="r")[name][:],
                                       zarr.open_group(store=str(local_features), mode="r")[name][:])
     run_teacher_logits(features, teacher, local_logits, views=4, freq_mask=4, time_mask=8, mixup_rate=0.5,
-                       chunk_clips=1, device="cpu", n_workers=1, progress=False)
+                       chunk_clips=1, device="cpu", scheduler=dask_cluster, progress=False)
     assert np.array_equal(bits(logits, "logits"), bits(local_logits, "logits"))

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_manifests import demo
 from data_manifests.demo import DEMO_CLASSES, make_demo_corpus
-from data_manifests.manifest import Manifest, balanced_weights
+from data_manifests.demo.synth import SYNTHS
+from data_manifests.builders import build_manifest
+from data_manifests.manifest import Manifest, ManifestError, balanced_weights
 
 SMALL = dict(clips_per_class=4, n_folds=2, clip_seconds=1.0, sample_rate=16000)
 IDS = [class_id for class_id, _ in DEMO_CLASSES]
@@ -97,7 +98,7 @@ def test_multilabel_variant_mixes_one_to_three_distinct_classes(multi):
 
 @pytest.mark.parametrize("sample_rate", [8000, 16000])
 def test_every_class_makes_an_audible_finite_event(sample_rate):
-    for (class_id, _), synth in zip(DEMO_CLASSES, demo._SYNTHS, strict=True):
+    for (class_id, _), synth in zip(DEMO_CLASSES, SYNTHS, strict=True):
         for i in range(8):
             event = synth(np.random.default_rng([sample_rate, i]), sample_rate, sample_rate)
             assert 0 < len(event) <= sample_rate, class_id
@@ -107,3 +108,14 @@ def test_every_class_makes_an_audible_finite_event(sample_rate):
 def test_uneven_folds_are_refused(tmp_path):
     with pytest.raises(ValueError, match="multiple of n_folds"):
         make_demo_corpus(tmp_path, clips_per_class=7, n_folds=5)
+
+
+def test_manifest_kind_demo_writes_the_corpus_once_then_loads_it(tmp_path):
+    """`cmkd-pipe manifest demo ROOT` goes through the builder registry like every other corpus kind."""
+    built = build_manifest("demo", tmp_path, clips_per_class=5, seed=3)
+    assert len(built) == 5 * len(IDS) and (tmp_path / "manifest" / "manifest.json").is_file()
+    wavs = _wav_bytes(tmp_path)
+    again = build_manifest("demo", tmp_path, clips_per_class=5, seed=4)  # an existing corpus is loaded as is
+    assert again.hash() == built.hash() and _wav_bytes(tmp_path) == wavs
+    with pytest.raises(ManifestError, match="takes no option"):
+        build_manifest("demo", tmp_path / "other", loudness=1)

@@ -6,13 +6,12 @@ final weights within float tolerance. After every kill, what the run left behind
 without `complete` is refused by its reader, and every chunk it marks done already holds the final
 values; every checkpoint file present loads (they are written atomically).
 
-One LocalCluster (1 worker) serves the in-process reference runs; the killed CLI runs start their own,
-as a user's would, and die with their process group (tests/faults.py).
+The in-process reference runs are synchronous (the session's `scheduler`); the killed CLI runs start
+their own LocalCluster, as a user's would, and die with their process group (tests/faults.py).
 """
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -25,9 +24,8 @@ import zarr
 
 from faults import (REPO, after_change, after_chunks, chunk_markers, cli, fill_disk, kill_and_rerun, mtime_ns,
                     run_to_end, set_writable, small_disk, stage_env, without_permission_override)
-from pipeline.config import FeatureConfig, Normalization
-from pipeline.models.checkpoint import read_checkpoint, save_checkpoint
-from pipeline.models.factory import build_model
+from pipeline.config import FeatureConfig
+from pipeline.models.checkpoint import read_checkpoint
 from pipeline.parallel import StageTasksFailed
 from pipeline.stores import logits_store as ls
 from pipeline.stores.chunks import StoreError
@@ -45,15 +43,6 @@ TINY_AST = {"arch": "ast", "size": "custom", "embed_dim": 32, "depth": 2, "num_h
             "fstride": 16, "tstride": 16}
 VIEW_ARGS = ["--views", "3", "--freq-mask", "4", "--time-mask", "8", "--mixup-rate", "0.5"]
 VIEWS = {"views": 3, "freq_mask": 4, "time_mask": 8, "mixup_rate": 0.5}
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> Iterator[str]:
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")
@@ -124,21 +113,10 @@ def test_killed_feature_stage_resumes_to_the_same_store(tmp_path, corpus, refere
     assert (resumed.mean, resumed.std) == (uninterrupted.mean, uninterrupted.std)
 
 
-def save_teacher(path: Path, store: FeatureStore) -> Path:
-    """A random tiny AST with weights large enough that its logits clearly depend on the input."""
-    torch.manual_seed(0)
-    model = build_model(TINY_AST, store.n_classes, CONFIG.num_mel_bins, CONFIG.target_frames)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.5)
-    return save_checkpoint(path, model, feature_config=CONFIG.to_dict(),
-                           normalization=Normalization(store.mean, store.std, 2.0).to_dict(),
-                           vocabulary=store.vocabulary)
-
-
 @pytest.mark.slow
-def test_killed_teacher_logits_stage_resumes_to_the_same_store(tmp_path, reference, scheduler):
-    teacher = save_teacher(tmp_path / "teacher.pt", FeatureStore(reference))
+def test_killed_teacher_logits_stage_resumes_to_the_same_store(tmp_path, reference, scheduler, random_teacher):
+    teacher = tmp_path / "teacher.pt"
+    random_teacher(teacher, FeatureStore(reference), TINY_AST)  # a random tiny AST
     expected = tmp_path / "reference-logits.zarr"
     run_teacher_logits(reference, teacher, expected, **VIEWS, chunk_clips=1, batch_size=4, device="cpu",
                        scheduler=scheduler, progress=False)

@@ -1,16 +1,14 @@
 """Feature stage end to end on tiny corpora: store schema, statistics, reader, bad clips, mismatches,
 resume after a real SIGKILL of the CLI, and the CLI's error path.
 
-One Dask LocalCluster (2 worker processes) is shared by the in-process runs through `scheduler=`;
-the CLI runs start their own LocalCluster, as a user's would.
+In-process runs take the session's `scheduler` (synchronous: tasks in the test process); the killed CLI
+run is synchronous too, so the kill lands in one process (killing a LocalCluster: test_faults.py).
 """
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +33,6 @@ CHUNK = 3
 # float16 keeps 11 significant bits: |stored - x| <= 2^-11 |x| (round to nearest) for normal numbers,
 # and <= 2^-25 in the subnormal range. Log-mel values lie in about [-16, 30], so the error is < 0.016.
 F16_REL, F16_ABS = 2.0 ** -11, 2.0 ** -25
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> Iterator[str]:
-    """Address of a LocalCluster shared by this module's in-process stage runs."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")
@@ -229,15 +217,16 @@ def _chunk_done(store: Path) -> np.ndarray | None:
     return zarr.open_group(store=str(store), mode="r")["chunk_done"][:]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to watch the process group")
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, corpus_writer, make_tone, scheduler):
     clips = [{"clip_id": f"long{i:02d}", "labels": ["abc"[i % 3]], "sr": 44100,
-              "audio": make_tone(300.0 + 37 * i, 5.0, 44100, 0.3, channels=2, noise=0.1, seed=i)}
+              "audio": make_tone(300.0 + 37 * i, 2.0, 44100, 0.3, channels=2, noise=0.1, seed=i)}
              for i in range(60)]
     manifest_dir = corpus_writer(tmp_path / "corpus", clips)
     store = tmp_path / "killed.zarr"
     command = cli("features", "--manifest", str(manifest_dir), "--out", str(store), "--target-frames", "100",
-                   "--workers", "1", "--chunk-clips", "2")
+                   "--scheduler", "synchronous", "--chunk-clips", "2")
     with open(tmp_path / "first.log", "wb") as log:
         first = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -251,7 +240,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, corpus_writ
                 break
             time.sleep(0.05)
     finally:
-        kill_group(first)  # the Dask nanny and worker die with the group
+        kill_group(first)
 
     group = zarr.open_group(store=str(store), mode="r")
     pending = len(pending_chunks(group))

@@ -8,14 +8,13 @@
 
 16 multi-label clips (8 train, 4 val, 4 eval; 4 classes), the fsd50k profile's real front-end
 (128 bins x 1024 frames) and the fsd50k preset shrunk through --set: one epoch, batch 4,
-EfficientNet-B0, a one-block AST with stride 16, no downloads. The Dask stages share this module's
-LocalCluster (--scheduler), so worker start-up is paid once.
+EfficientNet-B0, a one-block AST with stride 16, no downloads. The chunked stages run synchronously
+(--scheduler synchronous: no worker start-up in each stage's process).
 """
 from __future__ import annotations
 
 import csv
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,8 @@ from typer.testing import CliRunner
 from cli.app import app
 from pipeline.stores.feature_store import FeatureStore
 from pipeline.stores.logits_store import LogitsStore
+
+pytestmark = pytest.mark.slow  # end to end: stage subprocesses on the fsd50k front-end (128 x 1024)
 
 VOCABULARY = [("Bark", "/m/05tny_"), ("Meow", "/m/07qrkrw"), ("Crash", "/m/0_ksk"), ("Drip", "/m/07pqc89")]
 TONES = (300.0, 900.0, 2500.0, 6000.0)  # one tone per class; a clip sums the tones of its labels
@@ -66,15 +67,6 @@ def write_fsd50k(root: Path) -> None:
     for name, rows in (("dev.csv", dev), ("eval.csv", evaluation)):
         with open(truth / name, "w", newline="") as f:
             csv.writer(f).writerows(rows)
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> str:
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")

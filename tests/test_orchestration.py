@@ -7,15 +7,14 @@ reruns only that stage and what depends on it, and a further `make cmkd` has not
 changed KD temperature marks exactly the students and the report stale, and a run redoes only them.
 
 Stages whose record changed are found by the record's run id (new on every run) and file time.
-Make runs with `-o VENV/.installed`, so a test never reinstalls the environment.
+Make runs with `-o VENV/.installed`, so a test never reinstalls the environment. The chunked stages run
+synchronously (the session's `scheduler`): no worker start-up in each stage's process.
 """
 from __future__ import annotations
 
-import logging
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +35,6 @@ SETTINGS = ["train.epochs=1", "average.wa_start_epoch=null", "average.wa_end_epo
 STUDENTS = {f"fold-1/student-{s}-from-{t}" for s in ("cnn", "ast") for t in ("cnn", "ast")} | {
     "fold-1/student-ast-from-cnn-online"}
 VENV = Path(sys.executable).parents[1]
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> Iterator[str]:
-    """A warm cluster for the Dask stages (saves each stage starting its own)."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
-        yield cluster.scheduler_address
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

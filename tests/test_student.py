@@ -2,13 +2,12 @@
 `smoke` preset): cached-logit and online-teacher students, the exact replay of teacher views, λ = 1
 against a plain run, the refusals of mismatched logit stores, KD learning, and the `kd-sweep` command.
 
-The teacher is a tiny AST trained for two epochs; its logits are cached with 1 and with 3 views. One
-Dask LocalCluster (2 worker processes) serves every feature and logits stage run of the module.
+The teacher is a tiny AST trained for two epochs; its logits are cached with 1 and with 3 views. The
+feature and logits stages run in process (the session's synchronous `scheduler`).
 """
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 from pathlib import Path
@@ -23,7 +22,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from cli.sweep import register as register_sweep
-from pipeline.augment import mixup_pairs
+from pipeline.augment import augment_batch
 from pipeline.config import FeatureConfig, Normalization
 from pipeline.features import normalize
 from pipeline.models.checkpoint import load_checkpoint
@@ -31,9 +30,9 @@ from pipeline.stores.feature_store import FeatureStore
 from pipeline.stores.logits_store import LogitsStore
 from pipeline.training.batches import batches
 from pipeline.training.distributed import DistInfo
-from pipeline.training.engine import Trainer, TrainRequest
 from pipeline.training.logs import load_metrics
 from pipeline.training.presets import resolve_config
+from pipeline.training.teachers import CachedTeacher, NoTeacher, OnlineTeacher
 from stages.features import run_features
 from stages.teacher_logits import run_teacher_logits
 from stages.train import train
@@ -61,15 +60,6 @@ def tone_clips(make_tone, rename: dict[int, str] | None = None, classes: str = "
 
 
 @pytest.fixture(scope="module")
-def scheduler() -> str:
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
-        yield cluster.scheduler_address
-
-
-@pytest.fixture(scope="module")
 def world(tmp_path_factory, corpus_writer, make_tone, scheduler) -> dict:
     """Features, a two-epoch tiny-AST teacher, and its logits stores with 1 and 3 views."""
     root = tmp_path_factory.mktemp("world")
@@ -93,6 +83,11 @@ def invoke(*args: str, target: typer.Typer = app):
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
     return torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=-1).numpy()
+
+
+def probabilities_t(logits: torch.Tensor) -> torch.Tensor:
+    """The KD target at τ = 1 (softmax), as CMKDLoss.teacher_probs gives it for softmax-kl."""
+    return torch.softmax(logits.float(), dim=-1)
 
 
 # ---------------------------------------------------------------- a cached-logit student run
@@ -123,23 +118,26 @@ def test_cached_logit_student_records_its_teacher(world):
 
 # ---------------------------------------------------------------- exact replay of the teacher's views
 
-def test_prepare_uses_the_cached_logits_of_the_sampled_view(world, tmp_path):
-    """_prepare on a real batch: viewed rows get the cached teacher probabilities of their view and the
-    exact view input (the teacher's forward on it reproduces the cached logits); clean rows get the
+def test_cached_teacher_uses_the_cached_logits_of_the_sampled_view(world):
+    """CachedTeacher.inputs on a real batch: viewed rows get the cached teacher probabilities of their view
+    and the exact view input (the teacher's forward on it reproduces the cached logits); clean rows get the
     mixup of the clean teacher probabilities with the same λ and partner as their input."""
-    config = resolve_config("smoke", [*BASE, "augment.mixup_rate=1.0", "data.batch_size=16"])
-    request = TrainRequest(features=world["features"], arch="ast", config=config, out_dir=tmp_path,
-                           teacher_logits=world["views3"], progress=False)
-    trainer = Trainer(request, DistInfo(0, 1, torch.device("cpu")))
-    batch = next(iter(batches(trainer.store, trainer.train_rows[:16], 16)))
-    trainer.generator.manual_seed(1234)
-    x, y, teacher_p = trainer._prepare(batch)
+    config = resolve_config("smoke", [*BASE, "augment.mixup_rate=1.0"])
+    store = world["store"]
+    teacher = CachedTeacher(store, config["augment"], torch.device("cpu"), world["views3"], probabilities_t)
+    batch = next(iter(batches(store, store.select("train")[:16], 16)))
+    got = teacher.inputs(batch, torch.Generator().manual_seed(1234))
+    x, y, teacher_p = got.x, got.y, got.teacher_p
 
-    replay = torch.Generator().manual_seed(1234)  # the engine's draw order: views, then mixup pairs
-    view = torch.randint(0, 3, (16,), generator=replay).numpy()
-    perm, lam = mixup_pairs(16, 1.0, float(config["augment"]["mixup_alpha"]), replay)
+    replay = torch.Generator().manual_seed(1234)  # the source's draw order: views, then augment_batch
+    view = torch.randint(0, 3, (16,), generator=replay)
+    plain = augment_batch(torch.from_numpy(batch.x), torch.from_numpy(batch.y),
+                          torch.from_numpy(batch.valid.astype(np.int64)), config["augment"], replay, keep=view > 0)
+    view, perm, lam = view.numpy(), plain.perm, plain.lam
     viewed, clean = np.flatnonzero(view > 0), np.flatnonzero(view == 0)
     assert len(viewed) >= 4 and len(clean) >= 2
+    np.testing.assert_array_equal(x[clean].numpy(), plain.x[clean].numpy())  # clean rows: augment_batch's output
+    np.testing.assert_array_equal(y[clean].numpy(), plain.y[clean].numpy())
 
     cached = np.asarray(LogitsStore(world["views3"]).logits[:])[batch.indices]  # [16, 3, K]
     np.testing.assert_allclose(teacher_p[viewed].numpy(), probabilities(cached[viewed, view[viewed]]),
@@ -149,20 +147,44 @@ def test_prepare_uses_the_cached_logits_of_the_sampled_view(world, tmp_path):
     np.testing.assert_allclose(teacher_p[clean].numpy(), mixed_p[clean].numpy(), rtol=0, atol=1e-6)
     assert (lam[clean] < 1).all()  # the clean rows really were mixed
 
-    inputs, partners, view_lam = trainer.views.build(batch.indices[viewed], batch.x[viewed], view[viewed].tolist())
-    np.testing.assert_allclose(x[viewed].numpy(), normalize(inputs, trainer.norm).numpy(), rtol=0, atol=1e-6)
+    inputs, partners, view_lam = teacher.views.build(batch.indices[viewed], batch.x[viewed], view[viewed].tolist())
+    np.testing.assert_array_equal(x[viewed].numpy(), inputs.numpy())
     model, meta = load_checkpoint(world["teacher"])
     with torch.no_grad():
         replayed = model.eval()(normalize(inputs, Normalization.from_dict(meta["normalization"]))).numpy()
     np.testing.assert_allclose(replayed, cached[viewed, view[viewed]], rtol=0, atol=1e-4)
     assert np.abs(cached[viewed, view[viewed]] - cached[viewed, 0]).max() > 1e-3  # views are not the clean input
 
-    targets = trainer.store.targets.astype(np.float32)
+    targets = store.targets.astype(np.float32)
     has = partners >= 0
     expected = targets[batch.indices[viewed]]
     expected[has] = view_lam[has, None] * expected[has] + (1 - view_lam[has, None]) * targets[partners[has]]
     np.testing.assert_allclose(y[viewed].numpy(), expected, rtol=0, atol=1e-6)
     assert has.any()  # some viewed rows carry a mixup partner
+
+
+def test_online_teacher_runs_the_teacher_on_the_augmented_input_and_scores_test_rows_lazily(world):
+    """OnlineTeacher: the plain augmentation of the batch (same draws as NoTeacher), the frozen teacher's
+    forward on exactly that input, and test-row scores computed only when asked for."""
+    config = resolve_config("smoke", [*BASE, "augment.mixup_rate=1.0"])
+    store, cpu = world["store"], DistInfo(0, 1, torch.device("cpu"))
+    teacher = OnlineTeacher(store, config["augment"], cpu, world["teacher"], probabilities_t, batch_size=16,
+                            amp=False)
+    assert teacher._test is None  # nothing scored while building it
+    batch = next(iter(batches(store, store.select("train")[:16], 16)))
+    got = teacher.inputs(batch, torch.Generator().manual_seed(7))
+    plain = NoTeacher(store, config["augment"], cpu.device).inputs(batch, torch.Generator().manual_seed(7))
+    np.testing.assert_array_equal(got.x.numpy(), plain.x.numpy())
+    np.testing.assert_array_equal(got.y.numpy(), plain.y.numpy())
+    model, meta = load_checkpoint(world["teacher"])
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(normalize(plain.x, Normalization.from_dict(meta["normalization"]))), -1)
+    np.testing.assert_allclose(got.teacher_p.numpy(), expected.numpy(), rtol=0, atol=1e-6)
+    rows = store.select("eval")
+    scores = teacher.test_probabilities(rows)
+    cached = np.asarray(LogitsStore(world["views1"]).logits[:, 0])[rows]
+    np.testing.assert_allclose(scores, probabilities(cached), rtol=0, atol=1e-5)
+    assert teacher.test_probabilities(rows) is scores  # kept after the first call
 
 
 # ---------------------------------------------------------------- λ = 1 is a plain run

@@ -2,14 +2,13 @@
 a tiny random AST: logits equal a direct forward pass, the student's replay of each view reproduces
 them, provenance, store mismatches, resume (in-process and after a real SIGKILL), inspection, CLI.
 
-One Dask LocalCluster (2 worker processes) is shared by the in-process runs through `scheduler=`;
-the killed CLI run starts its own LocalCluster, as a user's would.
+In-process runs take the session's `scheduler` (synchronous: tasks in the test process); the killed CLI
+run is synchronous too (killing a LocalCluster mid-stage: test_faults.py).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import shutil
 import subprocess
 import time
@@ -28,16 +27,15 @@ from pipeline.augment import ViewSpec
 from pipeline.config import FeatureConfig, Normalization
 from pipeline.features import normalize
 from pipeline.metrics import summarize
-from pipeline.models.checkpoint import save_checkpoint
-from pipeline.models.factory import build_model
 from pipeline.stores import logits_store as ls
+from pipeline.stores.chunk_cache import ChunkCache
 from pipeline.stores.chunks import StoreError, pending_chunks
 from pipeline.stores.feature_store import FeatureStore, feature_fingerprint
-from pipeline.training.batches import ChunkCache
 from pipeline.views import ViewBuilder
 from stages.features import run_features
 from stages.teacher_logits import inspect_logits, run_teacher_logits
 
+from conftest import save_random_model
 from faults import cli, kill_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,32 +61,15 @@ def tiny_clips(make_tone, n: int = 24, multilabel: bool = False) -> list[dict]:
 
 
 def save_teacher(path: Path, store: FeatureStore, seed: int = 0) -> tuple[torch.nn.Module, Normalization]:
-    """A random tiny AST with weights large enough that its outputs depend clearly on the input, saved
-    with a normalisation other than the store's (so using the wrong one shows)."""
-    torch.manual_seed(seed)
-    model = build_model(TINY_AST, store.n_classes, CONFIG.num_mel_bins, CONFIG.target_frames)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.5)
-    norm = Normalization(store.mean + 1.0, store.std * 1.5, 2.0)
-    save_checkpoint(path, model, feature_config=CONFIG.to_dict(), normalization=norm.to_dict(),
-                    vocabulary=store.vocabulary)
-    return model.eval(), norm
+    """A random tiny AST whose outputs depend clearly on the input, saved with a normalisation other
+    than the store's (so using the wrong one shows)."""
+    return save_random_model(path, store, TINY_AST, seed=seed,
+                             normalization=Normalization(store.mean + 1.0, store.std * 1.5, 2.0))
 
 
 def forward(model: torch.nn.Module, x: torch.Tensor, norm: Normalization) -> np.ndarray:
     with torch.no_grad():
         return model(normalize(x, norm)).numpy()
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> str:
-    """Address of a LocalCluster shared by this module's in-process stage runs."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")
@@ -263,15 +244,16 @@ def test_other_provenance_needs_overwrite(main, tmp_path, scheduler):
     assert np.abs(reseeded.logits[:, 1:] - main["logits"][:, 1:]).max() > 1e-2  # other augmented views
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to watch the process group")
 def test_killed_run_resumes_to_the_same_logits(main, tmp_path, scheduler):
-    """SIGKILL the CLI (and its Dask cluster) after its first chunk, resume, compare bitwise with an
+    """SIGKILL the CLI after its first chunk, resume, compare bitwise with an
     uninterrupted run of the same settings (one clip per chunk, so the kill lands mid-run)."""
     store = tmp_path / "killed.zarr"
     options = ["--views", "3", "--view-seed", "0", "--freq-mask", "8", "--time-mask", "16", "--mixup-rate", "0.6",
                "--chunk-clips", "1", "--batch-size", "5"]
     command = cli("teacher-logits", "--features", str(main["features"]), "--checkpoint",
-                           str(main["checkpoint"]), "--out", str(store), "--workers", "1", "--device", "cpu",
+                           str(main["checkpoint"]), "--out", str(store), "--scheduler", "synchronous", "--device", "cpu",
                            *options)
     markers = store / "chunk_done" / "c"  # a done marker is a chunk file (0, the fill value, is not stored)
     with open(tmp_path / "first.log", "wb") as log:
@@ -284,7 +266,7 @@ def test_killed_run_resumes_to_the_same_logits(main, tmp_path, scheduler):
             assert time.monotonic() < deadline, "no chunk finished in time"
             time.sleep(0.002)
     finally:
-        kill_group(first)  # the Dask nanny and worker die with the group
+        kill_group(first)
 
     group = zarr.open_group(store=str(store), mode="r")
     pending = len(pending_chunks(group))

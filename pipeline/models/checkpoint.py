@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import nn
 from pipeline.config import FeatureConfig, Normalization
 from pipeline.models.factory import build_model
 from pipeline.models.weights import load_strict
+from pipeline.records import torch_save_atomic
 from pipeline.version import code_version
 
 FORMAT = "cmkd-pipe/checkpoint/1"
@@ -37,7 +37,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, feature_config: dict[str, Any],
                     normalization: dict[str, float], vocabulary: list[dict], extra: dict | None = None) -> Path:
-    """Write the checkpoint atomically (temp file in the same folder, then os.replace)."""
+    """Write the checkpoint atomically (pipeline.records.torch_save_atomic)."""
     path = Path(path)
     model = unwrap_model(model)
     features = FeatureConfig.from_dict(feature_config)  # validates the fields
@@ -63,18 +63,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, feature_config
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    torch_save_atomic(path, payload)
     return path
 
 

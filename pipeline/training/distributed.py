@@ -6,8 +6,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from pipeline.config import Normalization
+from pipeline.predict import predict_probs
+from pipeline.stores.feature_store import FeatureStore
+from pipeline.training.batches import batches
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,19 @@ def gather_objects(value: Any, info: DistInfo) -> list[Any]:
         return [value]
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, value)
+    return out
+
+
+def predict_rows(model: nn.Module, store: FeatureStore, rows: np.ndarray, info: DistInfo, *, norm: Normalization,
+                 batch_size: int, amp: bool = True) -> np.ndarray:
+    """Class probabilities of `model` on store rows: each rank scores every world_size-th row, and every
+    rank gets all of them back in `rows` order (a collective call under DDP)."""
+    mine = np.arange(info.rank, len(rows), info.world_size)
+    local = predict_probs(model, batches(store, rows[mine], batch_size), store.multilabel, norm=norm,
+                          device=info.device, n_classes=store.n_classes, amp=amp)
+    out = np.zeros((len(rows), store.n_classes), dtype=np.float32)
+    for index, values in gather_objects((mine, local), info):
+        out[index] = values
     return out
 
 

@@ -1,18 +1,23 @@
-"""The training engine: one loop for teachers, plain baselines and KD students (cached or online).
+"""The training loop: steps, evaluation every epoch, checkpoints, exact resume.
 
-A run folder holds:
-  checkpoints/last.pt   full training state (model, optimiser, scheduler, sampler, RNG) for --resume
+The Trainer gets its collaborators built (pipeline.training.setup.build_trainer): model, optimiser,
+scheduler, sampler, loss and the TeacherSource that turns a batch into input, targets and KD targets.
+It writes into the run folder only what the loop needs:
+  checkpoints/last.pt       full training state (model, optimiser, scheduler, sampler position) for resume
   checkpoints/epoch_NNN.pt  model checkpoints of the weight-averaging range
-  best.pt, wa.pt, final.pt  model checkpoints (final = the one exported to later stages)
-  metrics.jsonl/.csv, tb/, curves.png, results.json, config.yaml
+  best.pt                   the model of the best validation epoch
+  metrics.jsonl/.csv, tensorboard/   one row per epoch (through the RunLogger it is given)
+The train stage (stages/train.py) writes the rest (config.yaml, final.pt, wa.pt, results.json, ...).
+
+Randomness: step k of epoch e on rank r draws its augmentation from a generator seeded by
+(seed, e, k, r) and reseeds torch's global RNG (dropout) from the same tuple (pipeline.augment.step_seeds),
+so a resumed run, single process or DDP, continues bit for bit without any saved RNG state.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,27 +27,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.augment import ViewSpec, mix_features, mix_targets, mixup_pairs, spec_augment
-from pipeline.config import Normalization, PUBLISHED_STATS, dump_config
+from pipeline.augment import step_seeds
+from pipeline.config import Normalization
 from pipeline.features import normalize
 from pipeline.losses import CMKDLoss
 from pipeline.metrics import summarize
-from pipeline.models.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from pipeline.models.factory import build_model
-from pipeline.models.weights import load_imagenet_from_hub, load_weights
-from pipeline.records import write_json_atomic
+from pipeline.models.checkpoint import save_checkpoint
+from pipeline.predict import autocast_for
+from pipeline.records import torch_save_atomic
 from pipeline.stores.feature_store import FeatureStore
-from pipeline.stores.logits_store import LogitsStore
-from pipeline.training.averaging import EnsembleAccumulator, average_state_dicts
-from pipeline.training.batches import Batch, ChunkCache, batches
-from pipeline.training.distributed import DistInfo, barrier, gather_objects, init_distributed, shutdown
+from pipeline.training.averaging import EnsembleAccumulator
+from pipeline.training.batches import Batch, batches
+from pipeline.training.distributed import DistInfo, barrier, predict_rows
 from pipeline.training.logs import RunLogger
-from pipeline.training.presets import select_arch
 from pipeline.training.sampler import ChunkAwareSampler
-from pipeline.training.schedule import build_scheduler
-from pipeline.views import ViewBuilder
+from pipeline.training.teachers import TeacherSource
 
-STATE_FORMAT = "cmkd-pipe/train-state/1"
+STATE_FORMAT = "cmkd-pipe/train-state/2"
 
 
 @dataclass
@@ -64,6 +65,9 @@ class TrainRequest:
     extra: dict[str, Any] = field(default_factory=dict)  # recorded into checkpoints
 
 
+TrainRun = Callable[..., dict[str, Any]]  # the train stage's entry: (features, arch, out, **options) -> results
+
+
 def family(arch: str) -> str:
     return "ast" if arch == "ast" else "cnn"
 
@@ -79,185 +83,56 @@ def model_arch(requested: str, model_section: dict[str, Any]) -> str:
     return requested
 
 
+@dataclass
+class Splits:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+@dataclass
+class FitOutcome:
+    """What the loop hands the train stage: the last epoch's test metrics (None when a resumed run had
+    already finished), the best validation epoch, and the checkpoint ensemble's test scores."""
+
+    last: dict[str, Any] | None
+    best: dict[str, Any]
+    ensemble: EnsembleAccumulator
+
+
 class Trainer:
-    def __init__(self, request: TrainRequest, dist_info: DistInfo) -> None:
-        self.request = request
-        self.dist = dist_info
-        self.device = dist_info.device
-        self.out = Path(request.out_dir)
-        self.config = select_arch(request.config, family(request.arch))
-        cfg = self.config
-        self.store = FeatureStore(request.features)
-        self._check_feature_settings()
-        self.seed = int(cfg["train"]["seed"])
-        _seed_everything(self.seed + dist_info.rank, bool(cfg["train"].get("deterministic", False)))
-        self.train_rows = self.store.select(cfg["data"]["train"])
-        self.val_rows = self.store.select(cfg["data"]["val"])
-        self.test_rows = self.store.select(cfg["data"]["test"])
-        if len(self.train_rows) == 0:
-            raise ValueError(f"data.train {cfg['data']['train']!r} selects no usable clip in {self.store.path}")
-        self.norm = self._normalization()
-        self.arch = model_arch(request.arch, self.config["model"])
-        self.model = self._build_model().to(self.device)
-        if cfg["train"].get("channels_last") and self.device.type == "cuda" and family(request.arch) == "cnn":
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.core = self.model  # the unwrapped module (checkpoints)
-        if dist_info.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if cfg["train"].get("compile"):
-            self.model = torch.compile(self.model)
-        self.batch_size = int(cfg["data"]["batch_size"])
-        self.sampler = ChunkAwareSampler(
-            len(self.store), self.store.chunk_clips, indices=self.train_rows,
-            weights=self.store.weights[self.train_rows] if cfg["data"].get("balanced") else None,
-            epoch_len=cfg["data"].get("epoch_len"), seed=self.seed, rank=dist_info.rank,
-            world_size=dist_info.world_size, drop_last=True)
-        self.steps_per_epoch = max(1, len(self.sampler) // self.batch_size)
-        self.epochs = int(cfg["train"]["epochs"])
-        optim = cfg["optim"]
-        opt_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optim["name"]]
-        self.optimizer = opt_class(self.core.parameters(), lr=float(optim["lr"]),
-                                   weight_decay=float(optim["weight_decay"]), betas=tuple(optim["betas"]))
-        sched = {k: v for k, v in cfg["schedule"].items()}
-        self.scheduler = build_scheduler(self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=self.epochs,
-                                         **sched)
-        kd = cfg["kd"]
-        self.loss = CMKDLoss(self.store.multilabel, lam=float(kd["lam"]), tau=float(kd["tau"]), form=kd["form"],
-                             tau2_scaling=bool(kd["tau2_scaling"]))
-        self.generator = torch.Generator().manual_seed(self.seed * 1000 + dist_info.rank)
-        self.cache = ChunkCache(self.store.fbank, self.store.chunk_clips)
-        self.teacher_cache: ChunkCache | None = None
-        self.views: ViewBuilder | None = None
-        self.online_teacher: nn.Module | None = None
-        self.amp = bool(cfg["train"].get("amp")) and self.device.type == "cuda"
-        self._setup_teacher()
-        self.metric = cfg["eval"]["metric"]
+    """One loop for teachers, plain baselines and KD students; the TeacherSource makes the difference."""
+
+    def __init__(self, *, config: dict[str, Any], store: FeatureStore, splits: Splits, core: nn.Module,
+                 model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, sampler: ChunkAwareSampler,
+                 loss: CMKDLoss, teacher: TeacherSource, norm: Normalization, dist: DistInfo, out: Path,
+                 checkpoint_meta: dict[str, Any], identity: dict[str, Any], progress: bool = True) -> None:
+        """`core` is the bare model (checkpoints), `model` the one to call (DDP/compiled wrapper or core);
+        `identity` (arch, config) must match for a resume; `checkpoint_meta` goes into model checkpoints."""
+        self.config, self.store, self.splits = config, store, splits
+        self.core, self.model = core, model
+        self.optimizer, self.scheduler, self.sampler, self.loss = optimizer, scheduler, sampler, loss
+        self.teacher, self.norm, self.dist, self.device = teacher, norm, dist, dist.device
+        self.out, self.checkpoint_meta, self.identity, self.progress = Path(out), checkpoint_meta, identity, progress
+        self.seed = int(config["train"]["seed"])
+        self.batch_size = int(config["data"]["batch_size"])
+        self.steps_per_epoch = max(1, len(sampler) // self.batch_size)
+        self.epochs = int(config["train"]["epochs"])
+        self.amp = bool(config["train"].get("amp")) and self.device.type == "cuda"
+        self.metric = config["eval"]["metric"]
         self.epoch = 0
         self.step = 0
         self.best: dict[str, Any] = {"value": -math.inf, "epoch": None}
         self.ensemble = EnsembleAccumulator()
 
-    # ----------------------------------------------------------------------------------- set-up
-    def _check_feature_settings(self) -> None:
-        wanted = self.config.get("features", {})
-        have = self.store.feature_config
-        for key in ("target_frames", "num_mel_bins"):
-            if key in wanted and wanted[key] is not None and int(wanted[key]) != getattr(have, key):
-                raise ValueError(f"config features.{key}={wanted[key]} but the feature store {self.store.path} "
-                                 f"has {getattr(have, key)}; rebuild the features or override features.{key}")
-
-    def _normalization(self) -> Normalization:
-        norm = self.config["norm"]
-        if norm["source"] == "store":
-            return self.store.normalization(float(norm["divisor"]))
-        if norm["source"] == "published":
-            mean, std = PUBLISHED_STATS[norm["published_stats"]]
-            return Normalization(mean, std, float(norm["divisor"]))
-        raise ValueError(f"norm.source must be 'store' or 'published', got {norm['source']!r}")
-
-    def _build_model(self) -> nn.Module:
-        options = dict(self.config["model"])
-        pretrained = options.pop("pretrained", None)
-        options.pop("arch", None)
-        if self.arch.startswith("timm:"):
-            options.pop("variant", None)  # the presets' EfficientNet variant; timm:NAME names its own backbone
-        model = build_model({"arch": self.arch, **options}, self.store.n_classes,
-                            self.store.feature_config.num_mel_bins, self.store.feature_config.target_frames)
-        if self.request.weights is not None:
-            load_weights(model, self.request.weights, new_head=self.request.new_head)
-        elif pretrained == "imagenet":
-            if not self.request.allow_download:
-                raise ValueError("the config asks for ImageNet weights (model.pretrained=imagenet): pass --weights "
-                                 "PATH (a local timm ImageNet state dict or AST/PSLA checkpoint), or "
-                                 "--pretrained-from-hub to download them, or override model.pretrained=null")
-            load_imagenet_from_hub(model)  # the user asked for the download explicitly
-        elif pretrained:
-            load_weights(model, Path(pretrained), new_head=self.request.new_head)
-        return model
-
-    def _setup_teacher(self) -> None:
-        req = self.request
-        self.teacher_test_scores: np.ndarray | None = None
-        if req.teacher_logits and req.teacher_checkpoint:
-            raise ValueError("give either --logits (cached teacher) or --teacher (online teacher), not both")
-        if req.teacher_logits:
-            store = LogitsStore(req.teacher_logits)
-            store.check_matches(self.store)
-            store.verify_readable()
-            self.teacher_cache = ChunkCache(store.logits, store.chunk_clips)
-            spec = ViewSpec.from_dict(store.attrs["views"])
-            # replay views exactly as the teacher-logits stage built them
-            mode = store.attrs["teacher"].get("view_mix_mode", "power")
-            self.views = ViewBuilder(self.store, spec, self.cache, mode)
-            self.teacher_info = dict(store.attrs["teacher"])
-            self.teacher_test_scores = self._probabilities(self.teacher_cache.rows(self.test_rows)[:, 0])
-        elif req.teacher_checkpoint:
-            model, meta = load_checkpoint(req.teacher_checkpoint, map_location=self.device)
-            check_compatible(meta, self.store.feature_config.to_dict(), self.store.vocabulary)
-            self.online_teacher = model.to(self.device).eval().requires_grad_(False)
-            self.teacher_norm = Normalization.from_dict(meta["normalization"])
-            self.teacher_info = {"checkpoint": str(req.teacher_checkpoint), "model_config": meta["model_config"]}
-            self.teacher_test_scores = self.predict(self.test_rows, self.online_teacher, self.teacher_norm)
-        if self.teacher_test_scores is not None:
-            checkpoint = Path(self.teacher_info["checkpoint"])
-            self.teacher_info.update({"arch": self.teacher_info.get("arch") or
-                                      self.teacher_info["model_config"].get("arch"),
-                                      "run": checkpoint.parent.name})
-
-    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
-        z = torch.from_numpy(np.asarray(logits, dtype=np.float32))
-        return (torch.sigmoid(z) if self.store.multilabel else torch.softmax(z, dim=-1)).numpy()
-
     # ------------------------------------------------------------------------------- one step
-    def _prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Augmented, normalised input, targets, and teacher probabilities for one batch."""
-        aug = self.config["augment"]
-        x = torch.from_numpy(batch.x)
-        y = torch.from_numpy(batch.y)
-        valid = torch.from_numpy(batch.valid.astype(np.int64))
-        n = len(batch.indices)
-        view = torch.zeros(n, dtype=torch.long)
-        if self.views is not None and self.views.spec.n_views > 1:
-            view = torch.randint(0, self.views.spec.n_views, (n,), generator=self.generator)
-        perm, lam = mixup_pairs(n, float(aug["mixup_rate"]), float(aug["mixup_alpha"]), self.generator)
-        lam = torch.where(view > 0, torch.ones_like(lam), lam)  # viewed clips carry their own mix
-        mixed = mix_features(x, perm, lam, aug["mixup_mode"], valid)
-        mixed = spec_augment(mixed, int(aug["freq_mask"]), int(aug["time_mask"]), self.generator)
-        y_mixed = mix_targets(y, perm, lam)
-        teacher_p = None
-        if self.teacher_cache is not None:
-            rows = batch.indices
-            clean = self.teacher_cache.rows(rows)  # [B, V, K]
-            cached = torch.from_numpy(clean[np.arange(n), view.numpy()])
-            teacher_p = self.loss.teacher_probs(cached)
-            base = self.loss.teacher_probs(torch.from_numpy(clean[:, 0]))
-            mixed_p = lam[:, None] * base + (1 - lam[:, None]) * base[perm]
-            teacher_p = torch.where((view > 0)[:, None], teacher_p, mixed_p)
-            viewed = (view > 0).nonzero().flatten()
-            if len(viewed):
-                sel = viewed.numpy()
-                vx, partners, vlam = self.views.build(rows[sel], batch.x[sel], view[viewed].tolist())
-                mixed[viewed] = vx
-                vy = y[viewed]
-                has = partners >= 0
-                if has.any():
-                    partner_y = torch.from_numpy(self.store.targets[partners[has]].astype(np.float32))
-                    l = torch.from_numpy(vlam[has]).float()[:, None]
-                    vy[torch.from_numpy(has)] = l * vy[torch.from_numpy(has)] + (1 - l) * partner_y
-                y_mixed[viewed] = vy
-        x_dev = mixed.to(self.device, non_blocking=True)
-        if self.online_teacher is not None:
-            with torch.no_grad(), self._autocast():
-                teacher_logits = self.online_teacher(normalize(x_dev, self.teacher_norm)).float()
-            teacher_p = self.loss.teacher_probs(teacher_logits)
-        return (normalize(x_dev, self.norm), y_mixed.to(self.device),
-                None if teacher_p is None else teacher_p.to(self.device))
-
-    def _autocast(self):
-        if self.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def prepare(self, batch: Batch, step_in_epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Normalised augmented input, targets and teacher probabilities of this rank's step; seeds the
+        step's randomness (see the module docstring)."""
+        data_seed, model_seed = step_seeds(self.seed, self.epoch, step_in_epoch, self.dist.rank)
+        torch.manual_seed(model_seed)
+        inputs = self.teacher.inputs(batch, torch.Generator().manual_seed(data_seed))
+        return normalize(inputs.x, self.norm), inputs.y, inputs.teacher_p
 
     def train_epoch(self, start_position: int = 0) -> dict[str, float]:
         self.model.train()
@@ -269,15 +144,15 @@ class Trainer:
         clip = self.config["optim"].get("grad_clip")
         every = int(self.config["train"].get("checkpoint_every_steps") or 0)
         bar = tqdm(total=self.steps_per_epoch, initial=done_steps, desc=f"epoch {self.epoch + 1}/{self.epochs}",
-                   disable=not (self.request.progress and self.dist.is_main), unit="step")
+                   disable=not (self.progress and self.dist.is_main), unit="step")
         started = time.perf_counter()
         data_time = 0.0
         tick = time.perf_counter()
         for step_in_epoch, batch in enumerate(batches(self.store, order[done_steps * self.batch_size:],
                                                       self.batch_size, drop_last=True), start=done_steps):
-            x, y, teacher_p = self._prepare(batch)
+            x, y, teacher_p = self.prepare(batch, step_in_epoch)
             data_time += time.perf_counter() - tick
-            with self._autocast():
+            with autocast_for(self.device, self.amp):
                 logits = self.model(x)
             total, parts = self.loss(logits.float(), y, teacher_p)
             self.optimizer.zero_grad(set_to_none=True)
@@ -304,107 +179,75 @@ class Trainer:
         return out
 
     # ---------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def predict(self, rows: np.ndarray, model: nn.Module | None = None,
-                norm: Normalization | None = None) -> np.ndarray:
+    def predict(self, rows: np.ndarray, model: nn.Module | None = None) -> np.ndarray:
         """Class probabilities for store rows, gathered from every rank (on all ranks, in `rows` order)."""
-        model = model or self.core
-        norm = norm or self.norm
-        model.eval()
-        mine = np.arange(self.dist.rank, len(rows), self.dist.world_size)
-        scores = []
-        for batch in batches(self.store, rows[mine], self.batch_size):
-            x = normalize(torch.from_numpy(batch.x).to(self.device), norm)
-            with self._autocast():
-                logits = model(x).float()
-            scores.append(torch.sigmoid(logits) if self.store.multilabel else torch.softmax(logits, dim=-1))
-        local = torch.cat(scores).cpu().numpy() if scores else np.zeros((0, self.store.n_classes), np.float32)
-        parts = gather_objects((mine, local), self.dist)
-        out = np.zeros((len(rows), self.store.n_classes), dtype=np.float32)
-        for index, values in parts:
-            out[index] = values
-        return out
+        return predict_rows(model or self.core, self.store, rows, self.dist, norm=self.norm,
+                            batch_size=self.batch_size, amp=self.amp)
 
     def evaluate(self, rows: np.ndarray, model: nn.Module | None = None) -> tuple[dict[str, Any], np.ndarray]:
         scores = self.predict(rows, model)
         return summarize(scores, self.store.targets[rows], self.store.multilabel), scores
 
     # --------------------------------------------------------------------------- checkpoints
-    def _checkpoint_meta(self) -> dict[str, Any]:
-        return {"feature_config": self.store.feature_config.to_dict(), "normalization": self.norm.to_dict(),
-                "vocabulary": self.store.vocabulary,
-                "extra": {"arch": self.arch, "feature_fingerprint": self.store.fingerprint,
-                          **self.request.extra}}
-
     def save_model(self, path: Path, model: nn.Module | None = None) -> None:
         if self.dist.is_main:
-            save_checkpoint(path, model or self.core, **self._checkpoint_meta())
+            save_checkpoint(path, model or self.core, **self.checkpoint_meta)
+
+    def state_path(self) -> Path:
+        return self.out / "checkpoints" / "last.pt"
 
     def save_state(self, position: int = 0) -> None:
-        """Full training state, atomically, so --resume continues exactly from here."""
+        """Full training state, atomically, so a resume continues exactly from here. No RNG state: every
+        step reseeds from (seed, epoch, step, rank)."""
         if not self.dist.is_main:
             return
         state = {
             "format": STATE_FORMAT, "epoch": self.epoch, "step": self.step,
             "model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(consumed=position),
-            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
-            "best": self.best, "ensemble": self.ensemble.state_dict(), "arch": self.request.arch,
-            "config": self.request.config,
+            "best": self.best, "ensemble": self.ensemble.state_dict(), **self.identity,
         }
-        path = self.out / "checkpoints" / "last.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".last.pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        torch_save_atomic(self.state_path(), state)
 
     def load_state(self) -> int:
-        """Restore from checkpoints/last.pt; return the position within the epoch to continue from."""
-        path = self.out / "checkpoints" / "last.pt"
+        """Restore from checkpoints/last.pt (every rank); return the position within the epoch to continue from."""
+        path = self.state_path()
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"{path}: not a cmkd-pipe training state")
-        if state["arch"] != self.request.arch or state["config"] != self.request.config:
+            raise ValueError(f"{path}: not a training state of this cmkd-pipe version ({STATE_FORMAT}); "
+                             "start a new --out")
+        if any(state.get(key) != value for key, value in self.identity.items()):
             raise ValueError(f"{path}: was written by a run with another model or config; "
                              "resume with the same settings or start a new --out")
         self.core.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.best = state["best"]
         self.ensemble.load_state_dict(state["ensemble"])
         return int(state["sampler"]["position"])
 
     # ----------------------------------------------------------------------------------- fit
-    def fit(self) -> dict[str, Any]:
+    def fit(self, resume: bool = False, logger: RunLogger | None = None) -> FitOutcome:
+        """Train the remaining epochs (from checkpoints/last.pt when `resume` and it exists)."""
         cfg = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
-        position = 0
-        if self.request.resume and (self.out / "checkpoints" / "last.pt").is_file():
-            position = self.load_state()
-        elif self.dist.is_main:
-            (self.out / "config.yaml").write_text(dump_config(self.request.config))
-        logger = RunLogger(self.out) if self.dist.is_main else None
+        position = self.load_state() if resume and self.state_path().is_file() else 0
         same_split = cfg["data"]["val"] == cfg["data"]["test"]
-        wa_start, wa_end = self.wa_range()
-        test_metrics = None  # stays None when a resumed run had already finished its last epoch
+        wa_start, wa_end = wa_range(cfg)
+        test_metrics = None
         while self.epoch < self.epochs:
             row = {"epoch": self.epoch + 1, **self.train_epoch(position)}
             position = 0
-            test_metrics, test_scores = self.evaluate(self.test_rows)
-            val_metrics = test_metrics if same_split else self.evaluate(self.val_rows)[0]
+            test_metrics, test_scores = self.evaluate(self.splits.test)
+            val_metrics = test_metrics if same_split else self.evaluate(self.splits.val)[0]
             if cfg["average"].get("ensemble", True):
                 self.ensemble.add(test_scores)
             row.update({f"val_{k}": v for k, v in _scalars(val_metrics).items()})
             row.update({f"test_{k}": v for k, v in _scalars(test_metrics).items()})
-            if self.teacher_test_scores is not None:
-                row["teacher_agreement"] = top1_agreement(test_scores, self.teacher_test_scores)
+            teacher_scores = self.teacher.test_probabilities(self.splits.test)
+            if teacher_scores is not None:
+                row["teacher_agreement"] = top1_agreement(test_scores, teacher_scores)
             value = val_metrics[self.metric]
             self.epoch += 1
             if value is not None and value > self.best["value"]:
@@ -416,70 +259,15 @@ class Trainer:
             if logger:
                 logger.log(row)
             barrier(self.dist)
-        return self.finish(logger, test_metrics)
-
-    def wa_range(self) -> tuple[int, int]:
-        """Inclusive epoch range of weight averaging; empty (1, 0) when it is switched off."""
-        average = self.config["average"]
-        if average.get("wa_start_epoch") is None or average.get("wa_end_epoch") is None:
-            return 1, 0
-        return int(average["wa_start_epoch"]), int(average["wa_end_epoch"])
-
-    def finish(self, logger: RunLogger | None, last_metrics: dict[str, Any] | None) -> dict[str, Any]:
-        if last_metrics is None:
-            last_metrics = self.evaluate(self.test_rows)[0]
-        results: dict[str, Any] = {"arch": self.arch, "metric": self.metric, "epochs": self.epochs,
-                                   "multilabel": self.store.multilabel, "n_test": int(len(self.test_rows)),
-                                   "last": last_metrics, "best": {"epoch": self.best["epoch"],
-                                                                  **self.best.get("test", {})}}
-        wa_start, wa_end = self.wa_range()
-        paths = [self.out / "checkpoints" / f"epoch_{e:03d}.pt" for e in range(wa_start, wa_end + 1)]
-        paths = [p for p in paths if p.is_file()]
-        export = "last"
-        final_scores = self.predict(self.test_rows)
-        if paths:
-            averaged = average_state_dicts(paths, key="state_dict")
-            wa_model, _ = load_checkpoint(paths[-1], map_location=self.device)
-            wa_model.load_state_dict(averaged)
-            wa_metrics, final_scores = self.evaluate(self.test_rows, wa_model)
-            results["wa"] = {"epochs": [wa_start, wa_end], **wa_metrics}
-            self.save_model(self.out / "wa.pt", wa_model)
-            export = "wa"
-        if self.ensemble.count:
-            results["ensemble"] = summarize(self.ensemble.mean(), self.store.targets[self.test_rows],
-                                            self.store.multilabel)
-        results["final"] = export  # every rank returns it (the CLI prints it under torchrun too)
-        if self.dist.is_main:
-            source = self.out / "wa.pt" if export == "wa" else None
-            if source is None:
-                self.save_model(self.out / "final.pt")
-            else:
-                os.replace(_copy(source, self.out / ".final.pt.tmp"), self.out / "final.pt")
-            results["run"] = {"name": self.out.name, "group": self.out.parent.name,
-                              "role": "student" if self.teacher_test_scores is not None else "baseline"}
-            predictions = {"rows": self.test_rows, "clip_ids": self.store.clip_ids[self.test_rows],
-                           "scores": final_scores, "targets": self.store.targets[self.test_rows]}
-            if self.teacher_test_scores is not None:
-                results["teacher"] = self.teacher_info
-                predictions["teacher_scores"] = self.teacher_test_scores
-            tmp = self.out / ".test_predictions.tmp.npz"
-            np.savez_compressed(tmp, **predictions)
-            os.replace(tmp, self.out / "test_predictions.npz")
-            write_json_atomic(self.out / "results.json", results)
-            if logger:
-                logger.plot_curves(self.out / "curves.png", metric=self.metric)
-                logger.close()
-        barrier(self.dist)
-        return results
+        return FitOutcome(test_metrics, self.best, self.ensemble)
 
 
-def run_training(request: TrainRequest) -> dict[str, Any]:
-    """Train one model (single process or one torchrun rank) and return its results."""
-    info = init_distributed(request.device)
-    try:
-        return Trainer(request, info).fit()
-    finally:
-        shutdown(info)
+def wa_range(config: dict[str, Any]) -> tuple[int, int]:
+    """Inclusive epoch range of weight averaging; empty (1, 0) when it is switched off."""
+    average = config["average"]
+    if average.get("wa_start_epoch") is None or average.get("wa_end_epoch") is None:
+        return 1, 0
+    return int(average["wa_start_epoch"]), int(average["wa_end_epoch"])
 
 
 def top1_agreement(scores: np.ndarray, other: np.ndarray) -> float:
@@ -489,20 +277,3 @@ def top1_agreement(scores: np.ndarray, other: np.ndarray) -> float:
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
-
-
-def _seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-
-
-def _copy(source: Path, target: Path) -> Path:
-    import shutil
-
-    shutil.copyfile(source, target)
-    return target

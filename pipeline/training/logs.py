@@ -10,9 +10,10 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from pipeline.records import atomic_path, write_text_atomic
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -58,8 +59,8 @@ class RunLogger:
         earlier = [r for r in self.rows if r["epoch"] < epoch]
         rerun = len(earlier) < len(self.rows)
         self.rows = earlier + [row]
-        _atomic_write(self.out_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in self.rows))
-        _atomic_write(self.out_dir / METRICS_CSV, _to_csv(self.rows))
+        write_text_atomic(self.out_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in self.rows))
+        write_text_atomic(self.out_dir / METRICS_CSV, _to_csv(self.rows))
         if self.tensorboard:
             self._tensorboard_scalars(row, purge=rerun)
 
@@ -98,8 +99,8 @@ class RunLogger:
             if axes.lines:
                 axes.legend(fontsize="small")
         path = Path(path_png)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=100)
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=100)
         return path
 
     def close(self) -> None:
@@ -137,15 +138,3 @@ def _to_csv(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch.optim.lr_scheduler import LambdaLR
+if TYPE_CHECKING:  # torch loads when a scheduler is built, so checking a preset stays light
+    import torch
+    from torch.optim.lr_scheduler import LambdaLR
 
 SCHEDULE_KINDS = ("step", "cosine", "constant")
 
@@ -73,6 +75,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, kind: str = "step", war
                     steps_per_epoch: int, epochs: int, decay_start_epoch: int | None = None,
                     decay_every_epochs: int = 1, decay_factor: float = 0.5, min_lr_ratio: float = 0.0) -> LambdaLR:
     """A LambdaLR to step after every optimizer step; the config's `schedule` section splats into it."""
+    from torch.optim.lr_scheduler import LambdaLR
+
     schedule = LrSchedule(kind=kind, steps_per_epoch=steps_per_epoch, epochs=epochs, warmup_steps=warmup_steps,
                           decay_start_epoch=decay_start_epoch, decay_every_epochs=decay_every_epochs,
                           decay_factor=decay_factor, min_lr_ratio=min_lr_ratio)

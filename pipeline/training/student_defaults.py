@@ -30,20 +30,22 @@ class StudentDefaults:
                 f"preset {self.preset} (overrides: {overrides}); out {self.out}")
 
 
-def student_defaults(logits: Path | None, teacher: Path | None) -> StudentDefaults:
-    """Defaults from a logits store (cached teacher) or a teacher checkpoint (online teacher)."""
+def student_defaults(logits: Path | None, teacher: Path | None, features: Path | None = None,
+                     preset: str | None = None) -> StudentDefaults:
+    """Defaults from a logits store (cached teacher) or a teacher checkpoint (online teacher); `features` and
+    `preset` where the user gave them (a given preset comes without the teacher's overrides)."""
     from pipeline.models.checkpoint import read_checkpoint
     from pipeline.training.engine import family
 
     if logits is not None:
         attrs = _store_attrs(logits)
         checkpoint = Path(attrs["teacher"]["checkpoint"])
-        features = Path(attrs["feature_store"])
+        features = features or Path(attrs["feature_store"])
         teacher_arch = attrs["teacher"].get("arch") or attrs["teacher"]["model_config"].get("arch", "")
         out_base = Path(logits)
     else:
         checkpoint = Path(teacher)
-        features, teacher_arch, out_base = None, "", checkpoint.parent
+        teacher_arch, out_base = "", checkpoint.parent
     meta: dict[str, Any] = {}
     if checkpoint.is_file():
         meta = read_checkpoint(checkpoint)
@@ -54,11 +56,12 @@ def student_defaults(logits: Path | None, teacher: Path | None) -> StudentDefaul
         raise ValueError(f"{checkpoint}: the teacher checkpoint does not record its feature store; pass --features")
     teacher_family = family(teacher_arch) if teacher_arch else ""
     model = next((f for f in FAMILIES if f != teacher_family), FAMILIES[0])
-    preset = extra.get("preset")
+    overrides = [] if preset else list(extra.get("overrides") or [])
+    preset = preset or extra.get("preset")
     if not preset:
         raise ValueError(f"{checkpoint}: the teacher checkpoint does not record its training preset; pass --preset "
                          "(and --set for its overrides)")
-    return StudentDefaults(features, model, preset, list(extra.get("overrides") or []),
+    return StudentDefaults(features, model, preset, overrides,
                            out_base.with_name(f"student-{model}-from-{teacher_family or 'teacher'}"), teacher_family)
 
 

@@ -1,23 +1,18 @@
-"""Built-in demo corpus: twelve synthetic sound classes with real within-class variety, offline and seeded.
+"""The demo corpus's sound synthesiser: twelve synthetic sound classes with real within-class variety.
 
-Every clip is one randomly parameterised event (or, for the multi-label variant, a mixture of 1-3 events
-of distinct classes) with random reverb, placed at a random onset over a random background at a random
-SNR, then peak-normalised. Class parameter ranges overlap on purpose (note/bell/siren, chirp/bird,
-rain/noise burst/ticks, drum/ticks), so the task is learnable but not trivial. docs/DEMO_CORPUS.md
+`render_clip(rng, classes, sr, n, background_events)` makes one clip from a seeded generator: one
+randomly parameterised event (or, for the multi-label variant, a mixture of 1-3 events of distinct
+classes) with random reverb, placed at a random onset over a random background at a random SNR, then
+peak-normalised. Class parameter ranges overlap on purpose (note/bell/siren, chirp/bird, rain/noise
+burst/ticks, drum/ticks), so the task is learnable but not trivial. docs/DEMO_CORPUS.md
 describes each class.
 """
 from __future__ import annotations
 
-import io
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
-import soundfile as sf
 from scipy import signal
-
-from data_manifests.manifest import Manifest, Vocabulary, balanced_weights
 
 DEMO_CLASSES: list[tuple[str, str]] = [
     ("chirp_up", "Rising chirp"),
@@ -39,60 +34,7 @@ SNR_DB = (6.0, 30.0)  # event (where it sounds) against the noise/hum floor
 FAINT_EVENT_DB = (10.0, 20.0)  # how far below the clip's event the faint other-class events sit
 
 
-def make_demo_corpus(out_dir: Path, *, multilabel: bool = False, clips_per_class: int = 80, n_folds: int = 5,
-                     clip_seconds: float = 2.0, sample_rate: int = 16000, seed: int = 0) -> Manifest:
-    """Write `out_dir/audio/<clip_id>.wav` and the manifest folder `out_dir/manifest`; return the manifest.
-
-    Folds 1..n_folds hold every class equally often (by the clip's first event for the multi-label
-    variant). The same arguments give byte-identical files.
-    """
-    if clips_per_class < 1 or n_folds < 1 or clips_per_class % n_folds:
-        raise ValueError(f"demo corpus: clips_per_class ({clips_per_class}) must be a positive multiple of "
-                         f"n_folds ({n_folds}) so every fold holds every class equally often")
-    if clip_seconds < 0.5:
-        raise ValueError(f"demo corpus: clip_seconds ({clip_seconds}) must be at least 0.5")
-    if sample_rate < 8000:
-        raise ValueError(f"demo corpus: sample_rate ({sample_rate}) must be at least 8000")
-    out_dir = Path(out_dir)
-    (out_dir / "audio").mkdir(parents=True, exist_ok=True)
-    n_samples = int(round(clip_seconds * sample_rate))
-    ids = [class_id for class_id, _ in DEMO_CLASSES]
-    rows = []
-    for c, class_id in enumerate(ids):
-        for k in range(clips_per_class):
-            index = c * clips_per_class + k
-            rng = np.random.default_rng([seed, int(multilabel), index])
-            classes = _pick_classes(rng, c, len(ids)) if multilabel else [c]
-            audio = _render_clip(rng, classes, sample_rate, n_samples, background_events=not multilabel)
-            clip_id = f"mix-{index:04d}" if multilabel else f"{class_id}-{k:03d}"
-            path = f"audio/{clip_id}.wav"
-            _write_wav(out_dir / path, audio, sample_rate)
-            rows.append({"clip_id": clip_id, "path": path, "labels": [ids[i] for i in sorted(classes)],
-                         "split": "train", "fold": k % n_folds + 1})
-    clips = pd.DataFrame(rows)
-    clips["weight"] = balanced_weights(list(clips["labels"])) if multilabel else 1.0
-    vocabulary = Vocabulary(tuple(ids), tuple(name for _, name in DEMO_CLASSES))
-    name = "demo-multilabel" if multilabel else "demo"
-    manifest = Manifest(name, clips, vocabulary, multilabel, out_dir).validate()
-    manifest.save(out_dir / "manifest")
-    return manifest
-
-
-def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    """16-bit PCM mono WAV, encoded in memory (soundfile's file flush would fsync every clip)."""
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, sample_rate, subtype="PCM_16", format="WAV")
-    path.write_bytes(buffer.getvalue())
-
-
-def _pick_classes(rng: Rng, first: int, n_classes: int) -> list[int]:
-    """The clip's first class plus 0-2 distinct others."""
-    n_extra = rng.choice(3, p=[0.35, 0.4, 0.25])
-    others = rng.permutation([i for i in range(n_classes) if i != first])[:n_extra]
-    return [first, *map(int, others)]
-
-
-def _render_clip(rng: Rng, classes: list[int], sr: int, n: int, background_events: bool) -> np.ndarray:
+def render_clip(rng: Rng, classes: list[int], sr: int, n: int, background_events: bool) -> np.ndarray:
     """Events with reverb at random onsets and gains over a noise/hum floor at a random SNR (plus, for
     single-label clips, sometimes faint events of other classes), peak-normalised to 0.3-0.9."""
     foreground = np.zeros(n)
@@ -104,7 +46,7 @@ def _render_clip(rng: Rng, classes: list[int], sr: int, n: int, background_event
     floor = _noise_floor(rng, sr, n)
     mix = foreground + floor * level / _rms(floor) * 10 ** (-rng.uniform(*SNR_DB) / 20)
     if background_events and rng.random() < 0.25:
-        others = [c for c in range(len(_SYNTHS)) if c not in classes]
+        others = [c for c in range(len(SYNTHS)) if c not in classes]
         for c in rng.choice(others, size=int(rng.integers(1, 3)), replace=False):
             _place(rng, mix, int(c), sr, level * 10 ** (-rng.uniform(*FAINT_EVENT_DB) / 20))
     return (mix * rng.uniform(0.3, 0.9) / np.max(np.abs(mix))).astype(np.float32)
@@ -113,7 +55,7 @@ def _render_clip(rng: Rng, classes: list[int], sr: int, n: int, background_event
 def _place(rng: Rng, out: np.ndarray, c: int, sr: int, level: float) -> np.ndarray:
     """Add one reverberated event of class `c` at a random onset, its dry part at RMS `level`; return
     the mask of samples where the dry event sounds."""
-    dry = _SYNTHS[c](rng, sr, len(out))
+    dry = SYNTHS[c](rng, sr, len(out))
     onset = int(rng.integers(0, len(out) - len(dry) + 1))
     wet = _reverb(rng, sr, dry)[: len(out) - onset]
     out[onset:onset + len(wet)] += level * wet / _rms(dry)
@@ -421,6 +363,6 @@ def _speech(rng: Rng, sr: int, max_n: int) -> np.ndarray:
     return np.concatenate(pieces[:-1])[:max_n]
 
 
-_SYNTHS: list[Callable[[Rng, int, int], np.ndarray]] = [
+SYNTHS: list[Callable[[Rng, int, int], np.ndarray]] = [
     _chirp_up, _chirp_down, _bird, _note, _bell, _siren, _engine, _drum, _ticks, _noise_burst, _rain, _speech,
 ]

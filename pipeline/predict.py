@@ -1,0 +1,50 @@
+"""Inference: a model's logits and class probabilities on batches of stored features.
+
+One place turns logits into probabilities (softmax single-label, sigmoid multi-label); the training
+engine, the evaluate stage and the teacher-logits stage all run models through here.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.config import Normalization
+from pipeline.features import normalize
+
+
+def probabilities(logits: torch.Tensor | np.ndarray, multilabel: bool) -> Any:
+    """ψ(logits): sigmoid for multi-label, softmax over the last axis otherwise; numpy in, numpy out."""
+    if isinstance(logits, np.ndarray):
+        return probabilities(torch.from_numpy(np.asarray(logits, dtype=np.float32)), multilabel).numpy()
+    logits = logits.float()
+    return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
+
+
+def autocast_for(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on CUDA when enabled; a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def model_logits(model: nn.Module, x: torch.Tensor, amp: bool = True) -> torch.Tensor:
+    """Float32 logits of `model` on a normalised input batch (no gradients; bf16 autocast on CUDA)."""
+    with autocast_for(x.device, amp):
+        return model(x).float()
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, batches: Iterable[Any], multilabel: bool, *, norm: Normalization,
+                  device: torch.device, n_classes: int, amp: bool = True) -> np.ndarray:
+    """Class probabilities [N, K] of `model` (put in eval mode) on raw-fbank batches (objects with `.x`
+    [B, T, F], e.g. pipeline.training.batches.Batch), normalised with `norm`."""
+    model.eval()
+    scores = [probabilities(model_logits(model, normalize(torch.from_numpy(batch.x).to(device), norm), amp),
+                            multilabel).cpu() for batch in batches]
+    return torch.cat(scores).numpy() if scores else np.zeros((0, n_classes), np.float32)

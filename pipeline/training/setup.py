@@ -1,0 +1,125 @@
+"""Builds a Trainer's collaborators from a TrainRequest: data splits, normalisation, model (and its
+DDP/compile wrappers), optimiser, scheduler, sampler, loss and teacher source."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.config import PUBLISHED_STATS, Normalization
+from pipeline.losses import CMKDLoss
+from pipeline.models.factory import build_model
+from pipeline.models.weights import load_imagenet_from_hub, load_weights
+from pipeline.stores.feature_store import FeatureStore
+from pipeline.training.distributed import DistInfo
+from pipeline.training.engine import Splits, Trainer, TrainRequest, family, model_arch
+from pipeline.training.presets import select_arch
+from pipeline.training.sampler import ChunkAwareSampler
+from pipeline.training.schedule import build_scheduler
+from pipeline.training.teachers import teacher_source
+
+
+def build_trainer(request: TrainRequest, dist: DistInfo) -> Trainer:
+    """A Trainer for `request` on this process (one torchrun rank, or the only process)."""
+    config = select_arch(request.config, family(request.arch))
+    store = FeatureStore(request.features)
+    check_feature_settings(config, store)
+    seed = int(config["train"]["seed"])
+    seed_everything(seed + dist.rank, bool(config["train"].get("deterministic", False)))
+    data = config["data"]
+    splits = Splits(*(store.select(data[name]) for name in ("train", "val", "test")))
+    if len(splits.train) == 0:
+        raise ValueError(f"data.train {data['train']!r} selects no usable clip in {store.path}")
+    norm = normalization(config["norm"], store)
+    arch = model_arch(request.arch, config["model"])
+    core = build_network(arch, config["model"], store, request).to(dist.device)
+    if config["train"].get("channels_last") and dist.device.type == "cuda" and family(request.arch) == "cnn":
+        core = core.to(memory_format=torch.channels_last)
+    model: nn.Module = core
+    if dist.enabled:
+        model = nn.parallel.DistributedDataParallel(core, device_ids=[dist.device.index]
+                                                    if dist.device.type == "cuda" else None)
+    if config["train"].get("compile"):
+        model = torch.compile(model)
+    batch_size = int(data["batch_size"])
+    sampler = ChunkAwareSampler(
+        len(store), store.chunk_clips, indices=splits.train,
+        weights=store.weights[splits.train] if data.get("balanced") else None,
+        epoch_len=data.get("epoch_len"), seed=seed, rank=dist.rank, world_size=dist.world_size, drop_last=True)
+    optim = config["optim"]
+    opt_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optim["name"]]
+    optimizer = opt_class(core.parameters(), lr=float(optim["lr"]), weight_decay=float(optim["weight_decay"]),
+                          betas=tuple(optim["betas"]))
+    scheduler = build_scheduler(optimizer, steps_per_epoch=max(1, len(sampler) // batch_size),
+                                epochs=int(config["train"]["epochs"]), **config["schedule"])
+    kd = config["kd"]
+    loss = CMKDLoss(store.multilabel, lam=float(kd["lam"]), tau=float(kd["tau"]), form=kd["form"],
+                    tau2_scaling=bool(kd["tau2_scaling"]))
+    amp = bool(config["train"].get("amp")) and dist.device.type == "cuda"
+    teacher = teacher_source(store, config["augment"], dist, logits=request.teacher_logits,
+                             checkpoint=request.teacher_checkpoint, teacher_probs=loss.teacher_probs,
+                             batch_size=batch_size, amp=amp)
+    meta = {"feature_config": store.feature_config.to_dict(), "normalization": norm.to_dict(),
+            "vocabulary": store.vocabulary,
+            "extra": {"arch": arch, "feature_fingerprint": store.fingerprint,
+                      "multilabel": store.multilabel, **request.extra}}
+    return Trainer(config=config, store=store, splits=splits, core=core, model=model, optimizer=optimizer,
+                   scheduler=scheduler, sampler=sampler, loss=loss, teacher=teacher, norm=norm, dist=dist,
+                   out=request.out_dir, checkpoint_meta=meta,
+                   identity={"arch": request.arch, "config": request.config}, progress=request.progress)
+
+
+def check_feature_settings(config: dict[str, Any], store: FeatureStore) -> None:
+    wanted = config.get("features", {})
+    have = store.feature_config
+    for key in ("target_frames", "num_mel_bins"):
+        if key in wanted and wanted[key] is not None and int(wanted[key]) != getattr(have, key):
+            raise ValueError(f"config features.{key}={wanted[key]} but the feature store {store.path} "
+                             f"has {getattr(have, key)}; rebuild the features or override features.{key}")
+
+
+def normalization(norm: dict[str, Any], store: FeatureStore) -> Normalization:
+    if norm["source"] == "store":
+        return store.normalization(float(norm["divisor"]))
+    if norm["source"] == "published":
+        mean, std = PUBLISHED_STATS[norm["published_stats"]]
+        return Normalization(mean, std, float(norm["divisor"]))
+    raise ValueError(f"norm.source must be 'store' or 'published', got {norm['source']!r}")
+
+
+def build_network(arch: str, model_section: dict[str, Any], store: FeatureStore, request: TrainRequest) -> nn.Module:
+    """The model with its initial weights (--weights, the preset's `pretrained`, or none)."""
+    options = dict(model_section)
+    pretrained = options.pop("pretrained", None)
+    options.pop("arch", None)
+    if arch.startswith("timm:"):
+        options.pop("variant", None)  # the presets' EfficientNet variant; timm:NAME names its own backbone
+    model = build_model({"arch": arch, **options}, store.n_classes, store.feature_config.num_mel_bins,
+                        store.feature_config.target_frames)
+    if request.weights is not None:
+        load_weights(model, request.weights, new_head=request.new_head)
+    elif pretrained == "imagenet":
+        if not request.allow_download:
+            raise ValueError("the config asks for ImageNet weights (model.pretrained=imagenet): pass --weights "
+                             "PATH (a local timm ImageNet state dict or AST/PSLA checkpoint), or "
+                             "--pretrained-from-hub to download them, or override model.pretrained=null")
+        load_imagenet_from_hub(model)  # the user asked for the download explicitly
+    elif pretrained:
+        load_weights(model, Path(pretrained), new_head=request.new_head)
+    return model
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed the global RNGs (model initialisation) and, when asked, force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False

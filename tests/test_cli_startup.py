@@ -1,0 +1,51 @@
+"""`cmkd-pipe` starts light: help, planning and status never import torch, Dask or Zarr (torch alone
+costs seconds per call, and Make calls `cmkd-pipe plan` on every `make` run)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "distributed", "zarr")
+
+# Runs the Typer app in a fresh interpreter (after importing PRELOAD, when set) and prints which heavy
+# modules got imported.
+PROBE = """
+import importlib, json, os, sys
+if os.environ.get("PRELOAD"):
+    importlib.import_module(os.environ["PRELOAD"])
+from cli.app import app
+try:
+    app(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps({name: name in sys.modules for name in %r}))
+""" % (HEAVY,)
+
+
+def loaded_modules(args: list[str], cwd: Path, preload: str = "") -> dict[str, bool]:
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=cwd, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "PRELOAD": preload}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"],
+    ["manifest", "--help"],
+    ["plan", "--out", "plan.mk", "--run-dir", "run", "--data-root", "data"],
+    ["status", "--run-dir", "run", "--data-root", "data"],
+], ids=lambda args: args[0])
+def test_command_does_not_import_torch_or_dask(args: list[str], tmp_path: Path) -> None:
+    loaded = loaded_modules(args, tmp_path)
+    assert not any(loaded.values()), f"`cmkd-pipe {' '.join(args)}` imported {[m for m, on in loaded.items() if on]}"
+
+
+def test_the_probe_sees_an_import(tmp_path: Path) -> None:
+    """The probe is not blind: a heavy module imported in the same interpreter is reported."""
+    assert loaded_modules(["--help"], tmp_path, preload="zarr") == {"torch": False, "distributed": False,
+                                                                    "zarr": True}
