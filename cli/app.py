@@ -23,7 +23,7 @@ Workers = Annotated[Optional[int], typer.Option(help="LocalCluster workers (defa
 @app.command("demo-data")
 def demo_data(out_dir: Path,
               multilabel: Annotated[bool, typer.Option(help="mixtures of 1–3 events per clip")] = False,
-              clips_per_class: int = 40, seed: int = 0) -> None:
+              clips_per_class: int = 80, seed: int = 0) -> None:
     """Write the built-in synthetic demo corpus (wav files + manifest) to OUT_DIR."""
     from data_manifests.demo import make_demo_corpus
 

@@ -1,8 +1,16 @@
 """Report stage: the CMKD comparison table and figures, built from the run folders of `cmkd-pipe cmkd`.
 
 Inputs:  RUN_DIR/<group>/<run>/results.json, metrics.jsonl and test_predictions.npz, as the training
-         engine writes them. A group is one CV fold (`fold-1`) or `main`; the runs are the baselines
-         `train-cnn`, `train-ast` (also the teachers) and the students `student-<arch>-from-<teacher>`.
+         engine writes them, and the stage records (stage.json, or config.json before a stage ran) the
+         stage graph writes beside them. A group is one CV fold (`fold-1`) or `main`; the runs are the
+         baselines `train-cnn`, `train-ast` (also the teachers), the students
+         `student-<arch>-from-<teacher>`, the online-teacher students `student-<arch>-from-<teacher>-online`
+         and the KD-form variants `student-<arch>-from-<teacher>-<form>` (form: softmax-kl, sigmoid-kl, bce).
+         A folder is a run when its stage record says it is a training stage; without a record, when
+         its name is one of those above or it holds results.json or a failure note.
+Statistics: every cell is the mean ± sample standard deviation (ddof=1) over groups. A comparison
+         A − B pairs the groups where both ran; its spread is the std of those per-group differences,
+         and the gain counts as larger than noise when mean Δ > 2 SE (SE = std / √n, n >= 3 groups).
 Outputs: OUT (default RUN_DIR/report)/ report.md, learning_curves.png, per_class.png, agreement.png and
          report.json, each written atomically (temporary file, then rename), report.json last.
 Record:  none; the report is cheap and rebuilt from the run folders on every call. A run without
@@ -11,6 +19,7 @@ Record:  none; the report is cheap and rebuilt from the run folders on every cal
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import zipfile
@@ -34,7 +43,14 @@ EXPECTED_RUNS = ("train-cnn", "train-ast", "student-cnn-from-ast", "student-ast-
 VARIANTS = {"single": "last", "best": "best", "wa": "wa", "ensemble": "ensemble"}  # column → results key
 FIGURES = {"learning_curves": "learning_curves.png", "per_class": "per_class.png", "agreement": "agreement.png"}
 AGREEMENT = "teacher_agreement"
-RUN_NAME = re.compile(r"(?:train-(\w+)|student-(\w+)-from-(\w+))")  # \w+: a model family name
+KD_FORMS = ("softmax-kl", "sigmoid-kl", "bce")
+# \w+: a model family name (no '-'); an optional suffix marks the online reference or a KD-form student
+RUN_NAME = re.compile(r"(?:train-(\w+)|student-(\w+)-from-(\w+)(?:-(online|softmax-kl|sigmoid-kl|bce))?)")
+TRAINING_STAGES = ("train", "train-student")
+RECORD, PLANNED, RUN_CONFIG = "stage.json", "config.json", "config.yaml"
+MIN_GROUPS = 3  # fewer paired groups: no verdict on noise
+NOISE_RULE = (f"gain larger than noise: mean paired Δ > 2 SE, SE = sample std (ddof=1) of the per-group Δ / √n, "
+              f"decided only with n >= {MIN_GROUPS} paired groups (else n/a)")
 
 
 class ReportError(ValueError):
@@ -61,6 +77,29 @@ class Run:
         value = summary.get(metric) if isinstance(summary, dict) else None
         return None if value is None else float(value)
 
+    @property
+    def online(self) -> bool:
+        """Trained against a live frozen teacher rather than cached logits."""
+        if self.name.endswith("-online") or (self.results.get("teacher") or {}).get("mode") == "online":
+            return True
+        record = _json_or_none(self.path / RECORD)
+        return isinstance(record, dict) and (record.get("labels") or {}).get("teaching") == "online"
+
+    @property
+    def best_on_test(self) -> bool:
+        """The best epoch was chosen on the test split itself (data.val == data.test)."""
+        data = _run_config(self.path).get("data") or {}
+        return "val" in data and data.get("val") == data.get("test")
+
+    @property
+    def seconds(self) -> float | None:
+        """Wall time of the training: results.json `seconds`, else the sum of the logged epoch times."""
+        if isinstance(self.results.get("seconds"), (int, float)):
+            return float(self.results["seconds"])
+        times = [row["epoch_seconds"] for row in load_metrics(self.path)
+                 if isinstance(row.get("epoch_seconds"), (int, float))]
+        return float(sum(times)) if times else None
+
 
 def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                  class_names: list[str] | None = None) -> dict[str, Any]:
@@ -79,7 +118,9 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
               AGREEMENT: _curves(students, groups, runs, AGREEMENT)}
     labels = {row["run"]: _label(row) for row in rows}
     report = {"schema": SCHEMA, "run_dir": str(run_dir), "metric": metric, "multilabel": multilabel,
-              "groups": groups, "rows": rows, "missing": missing, "per_class": per_class, "curves": curves,
+              "groups": groups, "rows": rows, "comparisons": _comparisons(groups, runs, metric),
+              "online": _online_rows(groups, runs, metric), "kd_forms": _kd_forms(groups, runs, metric),
+              "noise_rule": NOISE_RULE, "missing": missing, "per_class": per_class, "curves": curves,
               "class_names": list(class_names) if class_names is not None else None,
               "figures": FIGURES, "code_version": code_version()}
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +161,44 @@ def _collect(run_dir: Path, out: Path) -> tuple[list[str], dict[tuple[str, str],
 
 
 def _is_run_folder(path: Path) -> bool:
-    return path.name in EXPECTED_RUNS or (path / RESULTS).is_file() or read_failure(path) is not None
+    """A training stage by its stage record; without one, by its name or the files it holds."""
+    kind = _stage_kind(path)
+    if kind is not None:
+        return kind in TRAINING_STAGES
+    return (RUN_NAME.fullmatch(path.name) is not None or (path / RESULTS).is_file()
+            or read_failure(path) is not None)
+
+
+def _stage_kind(path: Path) -> str | None:
+    """The stage kind its record (or, before it ran, its planned config) names; None without either."""
+    for name in (RECORD, PLANNED):
+        record = _json_or_none(path / name)
+        if isinstance(record, dict) and isinstance(record.get("stage"), str):
+            return record["stage"]
+    return None
+
+
+def _run_config(path: Path) -> dict[str, Any]:
+    """The training config of a run: from its stage record, else the engine's config.yaml; {} if neither."""
+    record = _json_or_none(path / RECORD)
+    if isinstance(record, dict) and isinstance((record.get("config") or {}).get("config"), dict):
+        return record["config"]["config"]
+    if (path / RUN_CONFIG).is_file():
+        import yaml
+
+        try:
+            config = yaml.safe_load((path / RUN_CONFIG).read_text())
+        except yaml.YAMLError as error:
+            raise ReportError(f"{path / RUN_CONFIG}: not valid YAML ({error}); rerun that training") from None
+        return config if isinstance(config, dict) else {}
+    return {}
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError as error:
+        raise ReportError(f"{path}: not valid JSON ({error.msg}); rerun that stage or delete its folder") from None
 
 
 def _why_missing(path: Path) -> str:
@@ -166,7 +244,9 @@ def _row(name: str, groups: list[str], runs: dict[tuple[str, str], Run], metric:
         "metric": {variant: _stats({run.group: run.value(variant, metric) for run in present})
                    for variant in VARIANTS},
         "best_epoch": {run.group: run.results.get("best", {}).get("epoch") for run in present},
-        "delta": None, "beats_teacher": None,
+        "best_on_test": [run.group for run in present if run.best_on_test],
+        "seconds": _stats({run.group: run.seconds for run in present}),
+        "delta": None, "gain": None, "beats_teacher": None,
     }
     if role != "student":
         return row
@@ -181,8 +261,82 @@ def _row(name: str, groups: list[str], runs: dict[tuple[str, str], Run], metric:
         if teacher_run is not None and None not in (run.value("single", metric), teacher_run.value("single", metric)):
             wins[run.group] = run.value("single", metric) > teacher_run.value("single", metric)
     row["delta"] = {variant: _stats(values) for variant, values in deltas.items()}
+    row["gain"] = noise_verdict(row["delta"]["single"])
     row["beats_teacher"] = {"wins": sum(wins.values()), "n": len(wins), "groups": wins}
     return row
+
+
+def paired_delta(a: dict[str, float | None], b: dict[str, float | None]) -> dict[str, Any]:
+    """A − B over the groups where both have a value: the per-group differences' mean, sample std
+    (ddof=1), standard error std/√n and the noise verdict (see noise_verdict)."""
+    stats = _stats({group: _difference(a[group], b[group]) for group in a if group in b})
+    stats["se"] = stats["std"] / math.sqrt(stats["n"]) if stats["std"] is not None else None
+    stats["gain"] = noise_verdict(stats)
+    return stats
+
+
+def noise_verdict(stats: dict[str, Any]) -> str:
+    """'yes' when the mean paired Δ exceeds 2 standard errors, 'no' when it does not, 'n/a' with fewer
+    than MIN_GROUPS paired groups (the fixed rule NOISE_RULE states)."""
+    if stats["n"] < MIN_GROUPS or stats["std"] is None:
+        return "n/a"
+    return "yes" if stats["mean"] > 2 * stats["std"] / math.sqrt(stats["n"]) else "no"
+
+
+# the comparisons CMKD is about: (label, run A, run B); Δ = A − B per group; {o} is the other family
+COMPARISONS = (
+    ("KD-{F}←{O} vs {F} baseline (cross-model KD gain)", "student-{f}-from-{o}", "train-{f}"),
+    ("KD-{F}←{F} vs {F} baseline (same-model KD gain)", "student-{f}-from-{f}", "train-{f}"),
+    ("KD-{F}←{O} vs KD-{F}←{F} (cross-model over same-model)", "student-{f}-from-{o}", "student-{f}-from-{f}"),
+    ("KD-{F}←{O} vs its teacher {O}", "student-{f}-from-{o}", "train-{o}"),
+)
+
+
+def _comparisons(groups: list[str], runs: dict[tuple[str, str], Run], metric: str) -> list[dict[str, Any]]:
+    """Every COMPARISONS row for both student families (AST first), single-model metric, paired by group."""
+    out = []
+    for family, other in (("ast", "cnn"), ("cnn", "ast")):
+        names = {"f": family, "o": other, "F": family.upper(), "O": other.upper()}
+        for label, a, b in COMPARISONS:
+            a, b = a.format(**names), b.format(**names)
+            values = {name: {g: runs[(g, name)].value("single", metric) for g in groups if (g, name) in runs}
+                      for name in (a, b)}
+            out.append({"comparison": label.format(**names), "a": a, "b": b,
+                        "a_metric": _stats(values[a]), "b_metric": _stats(values[b]),
+                        "delta": paired_delta(values[a], values[b])})
+    return out
+
+
+def _online_rows(groups: list[str], runs: dict[tuple[str, str], Run], metric: str) -> list[dict[str, Any]]:
+    """Each online-teacher student next to its cached-logits twin: metric, student-phase seconds, Δ."""
+    online_names = sorted({name for (_, name), run in runs.items() if run.online}, key=_natural)
+    out = []
+    for online in online_names:
+        cached = online.removesuffix("-online")
+        metric_of = {name: {g: runs[(g, name)].value("single", metric) for g in groups if (g, name) in runs}
+                     for name in (online, cached)}
+        seconds = {name: _stats({g: runs[(g, name)].seconds for g in groups if (g, name) in runs})
+                   for name in (online, cached)}
+        out.append({"online": online, "cached": cached,
+                    "metric": {"online": _stats(metric_of[online]), "cached": _stats(metric_of[cached])},
+                    "seconds": seconds, "delta": paired_delta(metric_of[online], metric_of[cached])})
+    return out
+
+
+def _kd_forms(groups: list[str], runs: dict[tuple[str, str], Run], metric: str) -> list[dict[str, Any]]:
+    """Per student-teacher pair with KD-form variants (`...-<form>` runs): the metric of each form."""
+    pairs: dict[str, dict[str, dict[str, Any]]] = {}
+    for (_, name) in runs:
+        match = RUN_NAME.fullmatch(name)
+        if match and match.group(4) in KD_FORMS:
+            pairs.setdefault(f"student-{match.group(2)}-from-{match.group(3)}", {})
+    for pair, forms in pairs.items():
+        for form in KD_FORMS:
+            values = {g: runs[(g, f"{pair}-{form}")].value("single", metric) for g in groups
+                      if (g, f"{pair}-{form}") in runs}
+            if values:
+                forms[form] = _stats(values)
+    return [{"pair": pair, "forms": forms} for pair, forms in sorted(pairs.items())]
 
 
 def _describe(name: str, present: list[Run], runs: dict[tuple[str, str], Run]) -> tuple[str, str, str]:
@@ -193,13 +347,14 @@ def _describe(name: str, present: list[Run], runs: dict[tuple[str, str], Run]) -
             return run.family.upper(), "—", run.role
         teacher = _teacher(run, runs)
         arch = run.results["teacher"].get("arch") or (teacher.results["arch"] if teacher else None)
-        return f"KD-{run.family.upper()}", _family(arch).upper() if arch else "?", "student"
+        label = (_family(arch).upper() if arch else "?") + _variant_note(name)
+        return f"KD-{run.family.upper()}", label, "student"
     match = RUN_NAME.fullmatch(name)
     if match is None:
         return "?", "?", "?"
     if match.group(1):
         return match.group(1).upper(), "—", "baseline"
-    return f"KD-{match.group(2).upper()}", match.group(3).upper(), "student"
+    return f"KD-{match.group(2).upper()}", match.group(3).upper() + _variant_note(name), "student"
 
 
 def _baseline(group: str, family: str, runs: dict[tuple[str, str], Run]) -> Run | None:
@@ -228,6 +383,12 @@ def _stats(values: dict[str, float | None]) -> dict[str, Any]:
 
 def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
+
+
+def _variant_note(name: str) -> str:
+    """' (online)' or ' (<form>)' for the online and KD-form variants of a student run, else ''."""
+    match = RUN_NAME.fullmatch(name)
+    return f" ({match.group(4)})" if match and match.group(4) else ""
 
 
 def _family(arch: str) -> str:
@@ -412,22 +573,28 @@ COLUMNS = (
     ("best epoch", "the model of the epoch with the best validation metric, on the test split"),
     ("WA", "weights averaged over the epoch range in results.json"),
     ("ensemble", "the mean of the per-epoch test predictions"),
-    ("Δ vs baseline", "single-model student minus the same-architecture baseline of its group, averaged over groups"),
+    ("Δ vs baseline", "single-model student minus the same-architecture baseline of its group: mean ± sample "
+                      "std of the per-group paired differences"),
+    ("gain > noise", "whether that Δ is larger than noise by the fixed rule below (yes / no / n/a)"),
     ("beats teacher", "groups where the single-model student is above its teacher (yes: all, no: none)"),
 )
+BEST_ON_TEST = "†"
 
 
 def markdown_table(report: dict[str, Any]) -> str:
     """The results table of a report (one row per run name) as Markdown."""
     metric = report["metric"]
-    header = [name if name in ("model", "teacher", "run", "n", "Δ vs baseline", "beats teacher")
+    header = [name if name in ("model", "teacher", "run", "n", "Δ vs baseline", "gain > noise", "beats teacher")
               else f"{name} {metric}" for name, _ in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in report["rows"]:
         n = row["n"]
         cells = [row["model"], row["teacher"], f"`{row['run']}`", str(n)]
         cells += [_cell(row["metric"][variant], n) for variant in VARIANTS]
+        if row.get("best_on_test"):
+            cells[5] += f" {BEST_ON_TEST}"
         cells.append(_cell(row["delta"]["single"], n, signed=True) if row["delta"] else "—")
+        cells.append(row.get("gain") or "—")
         cells.append(_beats(row["beats_teacher"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -443,7 +610,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"Runs: `{report['run_dir']}` · metric: {report['metric']} ({kind}) · "
         f"groups ({len(groups)}): {', '.join(groups)} · code {report['code_version']}", "",
         "## Results", "", markdown_table(report), "",
-        *[f"- **{name}**: {meaning}." for name, meaning in COLUMNS], "",
+        *[f"- **{name}**: {meaning}." for name, meaning in COLUMNS],
+        *_best_on_test_note(report), "",
+        f"Every ± is the sample standard deviation (ddof=1) over groups; a Δ pairs the groups where both "
+        f"runs finished. Rule, fixed in advance: {NOISE_RULE}.", "",
+        "## CMKD comparisons (single model, paired by group)", "", comparisons_table(report), "",
+        *_online_part(report), *_kd_form_part(report),
         "## Missing runs", "",
         *([f"- `{m['group']}/{m['run']}`: {m['reason']}" for m in report["missing"]] or ["None."]), "",
         "## Learning curves", "", f"![learning curves]({FIGURES['learning_curves']})", "",
@@ -461,12 +633,71 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _cell(stats: dict[str, Any], n: int, signed: bool = False) -> str:
+def comparisons_table(report: dict[str, Any]) -> str:
+    """The CMKD comparisons (A − B, paired by group) as Markdown."""
+    metric = report["metric"]
+    lines = [f"| comparison | A | B | n | A {metric} | B {metric} | Δ = A − B | SE | gain > noise |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in report["comparisons"]:
+        delta = row["delta"]
+        se = f"{delta['se']:.4f}" if delta.get("se") is not None else "—"
+        lines.append(f"| {row['comparison']} | `{row['a']}` | `{row['b']}` | {delta['n']} | "
+                     f"{_cell(row['a_metric'], row['a_metric']['n'])} | {_cell(row['b_metric'], row['b_metric']['n'])} | "
+                     f"{_cell(delta, delta['n'], signed=True)} | {se} | {delta['gain']} |")
+    return "\n".join(lines)
+
+
+def _best_on_test_note(report: dict[str, Any]) -> list[str]:
+    flagged = [f"`{row['run']}` ({', '.join(row['best_on_test'])})" for row in report["rows"] if row.get("best_on_test")]
+    if not flagged:
+        return []
+    return [f"- **{BEST_ON_TEST}**: best epoch chosen on the test fold: data.val == data.test in "
+            f"{', '.join(flagged)}, so that column is optimistic; single, WA and ensemble do not use it."]
+
+
+def _online_part(report: dict[str, Any]) -> list[str]:
+    if not report["online"]:
+        return []
+    metric = report["metric"]
+    lines = ["## Online teacher against cached teacher logits", "",
+             f"| student | teacher mode | run | n | single {metric} | student-phase seconds | Δ online − cached "
+             "| gain > noise |", "|---|---|---|---|---|---|---|---|"]
+    for row in report["online"]:
+        for mode in ("cached", "online"):
+            stats, seconds = row["metric"][mode], row["seconds"][row[mode]]
+            delta = row["delta"]
+            tail = (f"{_cell(delta, delta['n'], signed=True)} | {delta['gain']}" if mode == "online" else "— | —")
+            lines.append(f"| {_describe_name(row['cached'])} | {mode} | `{row[mode]}` | {stats['n']} | "
+                         f"{_cell(stats, stats['n'])} | {_cell(seconds, seconds['n'], digits=1)} | {tail} |")
+    return lines + ["", "Student-phase seconds: the training's wall time (results.json `seconds`, else the sum of "
+                    "its epoch times); the cached student's teacher-logits stage is not included.", ""]
+
+
+def _kd_form_part(report: dict[str, Any]) -> list[str]:
+    if not report["kd_forms"]:
+        return []
+    metric = report["metric"]
+    lines = ["## KD loss forms", "", "| student ← teacher | " + " | ".join(f"{form} {metric}" for form in KD_FORMS)
+             + " |", "|---|" + "---|" * len(KD_FORMS)]
+    for row in report["kd_forms"]:
+        cells = [_cell(row["forms"][form], row["forms"][form]["n"]) if form in row["forms"] else "—"
+                 for form in KD_FORMS]
+        lines.append(f"| {_describe_name(row['pair'])} | " + " | ".join(cells) + " |")
+    return lines + ["", "Runs `<student>-<form>`: the same student and teacher trained with each KD loss form "
+                    "(mean ± sample std over groups).", ""]
+
+
+def _describe_name(name: str) -> str:
+    match = RUN_NAME.fullmatch(name)
+    return f"KD-{match.group(2).upper()} ← {match.group(3).upper()}" if match and match.group(2) else name
+
+
+def _cell(stats: dict[str, Any], n: int, signed: bool = False, digits: int = 4) -> str:
     if stats["n"] == 0:
         return "—"
-    text = f"{stats['mean']:+.4f}" if signed else f"{stats['mean']:.4f}"
+    text = f"{stats['mean']:+.{digits}f}" if signed else f"{stats['mean']:.{digits}f}"
     if stats["std"] is not None:
-        text += f" ± {stats['std']:.4f}"
+        text += f" ± {stats['std']:.{digits}f}"
     return text + (f" (n={stats['n']})" if stats["n"] != n else "")
 
 

@@ -124,6 +124,7 @@ def test_reader_select_and_read(built):
     assert ids("val, eval") == ["b1", "c1", "a2", "b2"]
     assert ids("fold==1") == ["a0", "b0", "c0", "a2"]
     assert ids("fold!=1") == ["a1", "b1", "c1", "b2"]
+    assert ids("fold!=1&fold!=2") == []
     assert ids("all") == store.clip_ids.tolist()
     for spec, words in [("test", ["unknown split", "'test'", "eval", "train", "val"]),
                         ("fold==7", ["no clip has fold 7"]), ("fold==x", ["fold==K"])]:

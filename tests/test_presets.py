@@ -8,7 +8,7 @@ from pipeline.training.presets import (SECTIONS, list_presets, load_preset, reso
                                        validate_config)
 from pipeline.training.schedule import build_scheduler
 
-PRESETS = ["audioset-balanced", "audioset-full", "demo", "esc50", "fsd50k", "smoke"]
+PRESETS = ["audioset-balanced", "audioset-full", "cpu-small", "demo", "esc50", "fsd50k", "smoke"]
 
 
 def dotted_keys(node, prefix=""):
@@ -82,11 +82,18 @@ def test_audioset_balanced_and_fsd50k_follow_their_recipes():
 def test_demo_is_small():
     demo = load_preset("demo")
     assert demo["features"] == {"target_frames": 200, "num_mel_bins": 64}
-    assert demo["train"]["epochs"] <= 10 and demo["data"]["batch_size"] == 32
+    assert demo["train"]["epochs"] == {"cnn": 16, "ast": 60} and demo["data"]["batch_size"] == 32  # ~1 core-min each
+    assert (demo["data"]["val"], demo["data"]["test"]) == ("fold==2", "fold==1")  # never choose on the test fold
     assert demo["model"]["cnn"]["arch"] == "timm:test_efficientnet" and demo["model"]["cnn"]["pooling"] == "mean"
     assert (demo["model"]["ast"]["embed_dim"], demo["model"]["ast"]["depth"]) == (64, 2)
     assert demo["norm"]["source"] == "store"
     assert demo["model"]["cnn"]["pretrained"] is None and demo["model"]["ast"]["pretrained"] is None
+
+
+def test_cpu_small_is_the_demo_recipe_without_its_splits():
+    small, demo = load_preset("cpu-small"), load_preset("demo")
+    assert {k: v for k, v in small.items() if k != "data"} == {k: v for k, v in demo.items() if k != "data"}
+    assert (small["data"]["train"], small["data"]["val"], small["data"]["test"]) == ("train", "val", "eval")
 
 
 def test_overrides_apply_per_arch_or_to_both():

@@ -15,7 +15,8 @@ from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
 from cli.report import register
-from stages.report import FIGURES, ReportError, build_report, markdown_table
+from stages.report import (FIGURES, NOISE_RULE, ReportError, build_report, markdown_table, noise_verdict,
+                           paired_delta)
 
 BASELINES = ("train-cnn", "train-ast")
 STUDENTS = {  # run → (student arch, teacher run)
@@ -55,7 +56,8 @@ def agreement(group: str, name: str) -> list[float]:
 
 def write_run(root: Path, group: str, name: str, *, arch: str, metric: str, multilabel: bool,
               values: dict[str, float], teacher: dict[str, Any] | None, curve_values: list[float],
-              agreement_values: list[float] | None, predictions: dict[str, np.ndarray]) -> Path:
+              agreement_values: list[float] | None, predictions: dict[str, np.ndarray],
+              extra_results: dict[str, Any] | None = None, epoch_seconds: float | None = None) -> Path:
     """One run folder as pipeline/training/engine.py writes it."""
     folder = root / group / name
     folder.mkdir(parents=True)
@@ -75,6 +77,7 @@ def write_run(root: Path, group: str, name: str, *, arch: str, metric: str, mult
         results["wa"] = {"epochs": [2, EPOCHS], **summary(values["wa"])}
     if teacher:
         results["teacher"] = teacher
+    results.update(extra_results or {})
     (folder / "results.json").write_text(json.dumps(results))
     rows = []
     for epoch, value in enumerate(curve_values, start=1):
@@ -82,6 +85,8 @@ def write_run(root: Path, group: str, name: str, *, arch: str, metric: str, mult
                f"test_{metric}": value}
         if agreement_values is not None:
             row["teacher_agreement"] = agreement_values[epoch - 1]
+        if epoch_seconds is not None:
+            row["epoch_seconds"] = epoch_seconds
         rows.append(row)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     np.savez_compressed(folder / "test_predictions.npz", rows=np.arange(len(predictions["scores"])),
@@ -337,3 +342,163 @@ def test_cli_prints_the_table(single_label: tuple[Path, dict[str, Any]], tmp_pat
     assert failed.exit_code == 1
     assert failed.stderr.startswith("error: ") and "no such run folder" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------- statistics, computed by hand
+def test_paired_delta_and_noise_rule_by_hand() -> None:
+    # Δ = 0.10, 0.08, 0.06: mean 0.08, sd = sqrt((0.02² + 0 + 0.02²) / 2) = 0.02, SE = 0.02/√3 = 0.011547
+    gain = paired_delta({"a": 0.80, "b": 0.78, "c": 0.76, "only-a": 0.9}, {"a": 0.70, "b": 0.70, "c": 0.70})
+    assert gain["n"] == 3 and set(gain["values"]) == {"a", "b", "c"}  # unpaired group left out
+    assert gain["mean"] == pytest.approx(0.08) and gain["std"] == pytest.approx(0.02)
+    assert gain["se"] == pytest.approx(0.011547, abs=1e-6) and gain["gain"] == "yes"  # 0.08 > 0.023094
+    # Δ = 0.10, 0.05, 0.00: mean 0.05, sd 0.05, SE 0.028868, 2 SE 0.057735 > 0.05: not beyond noise
+    small = paired_delta({"a": 0.80, "b": 0.75, "c": 0.70}, {"a": 0.70, "b": 0.70, "c": 0.70})
+    assert (small["mean"], small["std"]) == (pytest.approx(0.05), pytest.approx(0.05)) and small["gain"] == "no"
+    loss = paired_delta({"a": 0.60, "b": 0.62, "c": 0.64}, {"a": 0.70, "b": 0.70, "c": 0.70})
+    assert loss["mean"] == pytest.approx(-0.08) and loss["gain"] == "no"
+    two = paired_delta({"a": 0.9, "b": 0.9}, {"a": 0.1, "b": 0.2})  # huge, but only 2 paired groups
+    assert two["n"] == 2 and two["gain"] == "n/a"
+    assert paired_delta({"a": 0.5}, {"b": 0.5})["gain"] == "n/a"
+    assert noise_verdict({"n": 3, "mean": 0.01, "std": 0.0}) == "yes"  # identical positive gains: SE 0
+    assert "ddof=1" in NOISE_RULE and "2 SE" in NOISE_RULE
+
+
+# three folds: fold-1 as the graph writes it (stage.json, val == test), folds 2-3 with the engine's
+# config.yaml only (validation fold k+1). Single-model accuracies:
+THREE = {
+    "fold-1": {"train-cnn": 0.70, "train-ast": 0.50, "student-cnn-from-ast": 0.72, "student-ast-from-cnn": 0.60,
+               "student-cnn-from-cnn": 0.69, "student-ast-from-ast": 0.52, "student-ast-from-cnn-online": 0.62},
+    "fold-2": {"train-cnn": 0.74, "train-ast": 0.54, "student-cnn-from-ast": 0.74, "student-ast-from-cnn": 0.62,
+               "student-cnn-from-cnn": 0.75, "student-ast-from-ast": 0.50, "student-ast-from-cnn-online": 0.61},
+    "fold-3": {"train-cnn": 0.72, "train-ast": 0.52, "student-cnn-from-ast": 0.73, "student-ast-from-cnn": 0.64,
+               "student-cnn-from-cnn": 0.70, "student-ast-from-ast": 0.55, "student-ast-from-cnn-online": 0.66},
+}
+ONLINE_SECONDS = {"fold-1": 30.0, "fold-2": 32.0, "fold-3": 34.0}
+
+
+def fabricate_three_groups(root: Path) -> Path:
+    rng = np.random.default_rng(2)
+    targets = np.eye(K)[np.arange(CLIPS) % K]
+    teachers = STUDENTS | {"student-ast-from-cnn-online": ("ast", "train-cnn")}
+    for fold, (group, singles) in enumerate(THREE.items(), start=1):
+        for name, single in singles.items():
+            arch = teachers[name][0] if name in teachers else ARCH[name]
+            teacher, extra = None, None
+            if name in teachers:
+                teacher_run = teachers[name][1]
+                teacher = {"run": teacher_run, "arch": ARCH[teacher_run], "checkpoint": f"{teacher_run}/final.pt"}
+            if name.endswith("-online"):
+                teacher["mode"] = "online"
+                extra = {"seconds": ONLINE_SECONDS[group]}
+            folder = write_run(root, group, name, arch=arch, metric="accuracy", multilabel=False,
+                               values=variants(single, True), teacher=teacher, curve_values=curve(single),
+                               agreement_values=[0.5, 0.6, 0.7] if teacher else None,
+                               predictions=random_predictions(rng, targets, teacher is not None),
+                               extra_results=extra, epoch_seconds=4.0 + fold)
+            data = {"train": f"fold!={fold}", "val": f"fold=={fold % 5 + 1}", "test": f"fold=={fold}"}
+            if fold == 1:
+                data["val"] = data["test"]
+                kind = "train-student" if teacher else "train"
+                (folder / "stage.json").write_text(json.dumps({"stage": kind, "config": {"arch": arch, "config": {
+                    "data": data}}}))
+            else:
+                (folder / "config.yaml").write_text(f"data:\n  train: '{data['train']}'\n  val: '{data['val']}'\n"
+                                                    f"  test: '{data['test']}'\n")
+    logits = root / "fold-1" / "logits-cnn"  # a failed teacher-logits stage: a stage, but no training run
+    logits.mkdir()
+    (logits / "stage.json").write_text(json.dumps({"stage": "teacher-logits", "config": {}}))
+    (logits / "failed.json").write_text(json.dumps({"stage": "fold-1/logits-cnn", "error": "boom", "log": None}))
+    planned = root / "fold-2" / "longer-ast-student"  # planned by the graph, not run yet: named by its record only
+    planned.mkdir()
+    (planned / "config.json").write_text(json.dumps({"stage": "train-student", "config": {}, "deps": []}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def three_groups(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    root = fabricate_three_groups(tmp_path_factory.mktemp("three") / "runs")
+    return root, build_report(root)
+
+
+def comparison(report: dict[str, Any], a: str, b: str) -> dict[str, Any]:
+    return next(row for row in report["comparisons"] if (row["a"], row["b"]) == (a, b))
+
+
+def test_cmkd_comparisons_by_hand(three_groups: tuple[Path, dict[str, Any]]) -> None:
+    root, report = three_groups
+    assert report["groups"] == ["fold-1", "fold-2", "fold-3"]
+    # KD-AST←CNN − AST: 0.10, 0.08, 0.12 → mean 0.10, sd 0.02, SE 0.011547 → beyond noise
+    kd_ast = comparison(report, "student-ast-from-cnn", "train-ast")["delta"]
+    assert (kd_ast["mean"], kd_ast["std"], kd_ast["se"]) == (pytest.approx(0.10), pytest.approx(0.02),
+                                                             pytest.approx(0.011547, abs=1e-6))
+    assert kd_ast["gain"] == "yes" and row_of(report, "student-ast-from-cnn")["gain"] == "yes"
+    # KD-CNN←AST − CNN: 0.02, 0.00, 0.01 → mean 0.01, sd 0.01, 2 SE 0.011547 > 0.01 → not beyond noise
+    kd_cnn = comparison(report, "student-cnn-from-ast", "train-cnn")["delta"]
+    assert (kd_cnn["mean"], kd_cnn["std"], kd_cnn["gain"]) == (pytest.approx(0.01), pytest.approx(0.01), "no")
+    # cross- over same-model AST students: 0.08, 0.12, 0.09 → mean 0.096667, sd 0.020817 → yes
+    cross = comparison(report, "student-ast-from-cnn", "student-ast-from-ast")["delta"]
+    assert (cross["mean"], cross["std"], cross["gain"]) == (pytest.approx(0.096667, abs=1e-6),
+                                                            pytest.approx(0.020817, abs=1e-6), "yes")
+    # student against its teacher: 0.60-0.70, 0.62-0.74, 0.64-0.72 → mean -0.10 → no
+    versus_teacher = comparison(report, "student-ast-from-cnn", "train-cnn")
+    assert versus_teacher["delta"]["mean"] == pytest.approx(-0.10) and versus_teacher["delta"]["gain"] == "no"
+    assert versus_teacher["a_metric"]["mean"] == pytest.approx(0.62) and versus_teacher["b_metric"]["std"] == \
+        pytest.approx(0.02)
+    assert len(report["comparisons"]) == 8  # four comparisons for each student family
+    md = (root / "report" / "report.md").read_text()
+    assert "| KD-AST←CNN vs AST baseline (cross-model KD gain) | `student-ast-from-cnn` | `train-ast` | 3 | " \
+           "0.6200 ± 0.0200 | 0.5200 ± 0.0200 | +0.1000 ± 0.0200 | 0.0115 | yes |" in md
+    assert NOISE_RULE in md and "ddof=1" in md
+
+
+def test_online_against_cached_by_hand(three_groups: tuple[Path, dict[str, Any]]) -> None:
+    root, report = three_groups
+    [online] = report["online"]
+    assert (online["online"], online["cached"]) == ("student-ast-from-cnn-online", "student-ast-from-cnn")
+    assert online["metric"]["online"]["mean"] == pytest.approx(0.63)  # (0.62 + 0.61 + 0.66) / 3
+    # online − cached: 0.02, -0.01, 0.02 → mean 0.01, sd 0.017321, 2 SE 0.02 > 0.01 → no
+    assert (online["delta"]["mean"], online["delta"]["std"], online["delta"]["gain"]) == (
+        pytest.approx(0.01), pytest.approx(0.017321, abs=1e-6), "no")
+    # seconds: results.json `seconds` for the online runs; the sum of 3 epochs of 4+k s for the cached ones
+    assert (online["seconds"]["student-ast-from-cnn-online"]["mean"],
+            online["seconds"]["student-ast-from-cnn-online"]["std"]) == (pytest.approx(32.0), pytest.approx(2.0))
+    assert online["seconds"]["student-ast-from-cnn"]["values"] == {"fold-1": 15.0, "fold-2": 18.0, "fold-3": 21.0}
+    row = row_of(report, "student-ast-from-cnn-online")
+    assert (row["model"], row["teacher"]) == ("KD-AST", "CNN (online)")
+    md = (root / "report" / "report.md").read_text()
+    assert "| KD-AST ← CNN | online | `student-ast-from-cnn-online` | 3 | 0.6300 ± 0.0265 | 32.0 ± 2.0 | " \
+           "+0.0100 ± 0.0173 | no |" in md
+    assert "| KD-AST ← CNN | cached | `student-ast-from-cnn` | 3 | 0.6200 ± 0.0200 | 18.0 ± 3.0 | — | — |" in md
+
+
+def test_runs_found_by_stage_records_and_best_on_test_label(three_groups: tuple[Path, dict[str, Any]]) -> None:
+    root, report = three_groups
+    names = [row["run"] for row in report["rows"]]
+    assert "logits-cnn" not in names + [m["run"] for m in report["missing"]]  # a failed teacher-logits stage
+    assert {"group": "fold-2", "run": "longer-ast-student",
+            "reason": "no results.json (unfinished or interrupted)"} in report["missing"]
+    for name in THREE["fold-1"]:
+        assert row_of(report, name)["best_on_test"] == ["fold-1"]  # val == test only where stage.json says so
+    table = markdown_table(report)
+    line = next(line for line in table.splitlines() if "`train-cnn`" in line)
+    assert line.split(" | ")[5].endswith(" †")
+    md = (root / "report" / "report.md").read_text()
+    assert "best epoch chosen on the test fold" in md and "`train-cnn` (fold-1)" in md
+
+
+def test_kd_form_table(tmp_path: Path) -> None:
+    root = fabricate_multi_label(tmp_path / "runs")
+    rng = np.random.default_rng(3)
+    targets = (rng.random((10, 5)) < 0.4).astype(np.uint8)
+    for form, value in (("softmax-kl", 0.40), ("bce", 0.48)):
+        write_run(root, "main", f"student-ast-from-cnn-{form}", arch="ast", metric="mAP", multilabel=True,
+                  values=variants(value, False), curve_values=curve(value), agreement_values=None,
+                  teacher={"run": "train-cnn", "arch": "timm:efficientnet_b0", "checkpoint": "x"},
+                  predictions=random_predictions(rng, targets, True))
+    report = build_report(root)
+    assert report["kd_forms"] == [{"pair": "student-ast-from-cnn", "forms": {
+        "softmax-kl": {"mean": pytest.approx(0.40), "std": None, "n": 1, "values": {"main": pytest.approx(0.40)}},
+        "bce": {"mean": pytest.approx(0.48), "std": None, "n": 1, "values": {"main": pytest.approx(0.48)}}}}]
+    assert row_of(report, "student-ast-from-cnn-bce")["teacher"] == "CNN (bce)"
+    md = (root / "report" / "report.md").read_text()
+    assert "| KD-AST ← CNN | 0.4000 | — | 0.4800 |" in md

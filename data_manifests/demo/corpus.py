@@ -12,7 +12,7 @@ from data_manifests.demo.synth import DEMO_CLASSES, Rng, render_clip
 from data_manifests.manifest import Manifest, Vocabulary, balanced_weights
 
 
-def make_demo_corpus(out_dir: Path, *, multilabel: bool = False, clips_per_class: int = 40, n_folds: int = 5,
+def make_demo_corpus(out_dir: Path, *, multilabel: bool = False, clips_per_class: int = 80, n_folds: int = 5,
                      clip_seconds: float = 2.0, sample_rate: int = 16000, seed: int = 0) -> Manifest:
     """Write `out_dir/audio/<clip_id>.wav` and the manifest folder `out_dir/manifest`; return the manifest.
 
