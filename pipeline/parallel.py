@@ -57,14 +57,20 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None,
 def local_cluster(n_workers: int, threads_per_worker: int = 1) -> Iterator[Any]:
     """A LocalCluster whose workers run torch at full speed: distributed sets MALLOC_TRIM_THRESHOLD_=65536
     in every worker it spawns, which makes glibc return memory to the system so often that a torch forward
-    runs 2.3-3x slower; the variable is left out here (set it yourself in the environment to keep it)."""
+    runs 2.3-3x slower; it is left out here. (A nanny also writes it into its parent's environment, so an
+    earlier cluster of this process may have left it there: it is lifted while the workers start.)"""
     import dask
     from distributed import LocalCluster
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
-            LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                         dashboard_address=None, silence_logs=logging.ERROR) as cluster:
-        yield cluster
+    inherited = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+                LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                             dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+            yield cluster
+    finally:
+        if inherited is not None:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = inherited
 
 
 def run_tasks(fn: Callable[[Any], Any], items: Sequence[Any], *, scheduler: str | None = None,
