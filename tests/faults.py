@@ -96,7 +96,8 @@ def resume_position(state: Path) -> tuple[int, int] | None:
 
 def assert_same_runs(ref: Path, res: Path) -> None:
     """Two training run folders hold bitwise the same models, training state (weights, optimiser moments),
-    test metrics, predictions and per-epoch learning rates and test accuracies."""
+    test metrics, predictions and per-epoch learning rates, test accuracies and training losses (a resumed
+    epoch's loss is over the whole epoch, not only the steps after the resume)."""
     import json
 
     import numpy as np
@@ -125,8 +126,8 @@ def assert_same_runs(ref: Path, res: Path) -> None:
                           np.load(res / "test_predictions.npz")["scores"])
     ref_rows, res_rows = ([json.loads(line) for line in (p / "metrics.jsonl").read_text().splitlines()]
                           for p in (ref, res))
-    assert [(r["epoch"], r["lr"], r["test_accuracy"]) for r in ref_rows] == \
-           [(r["epoch"], r["lr"], r["test_accuracy"]) for r in res_rows]
+    assert [(r["epoch"], r["lr"], r["test_accuracy"], r["train_loss"]) for r in ref_rows] == \
+           [(r["epoch"], r["lr"], r["test_accuracy"], r["train_loss"]) for r in res_rows]
 
 
 def descendants(pid: int) -> list[int]:

@@ -122,6 +122,7 @@ class Trainer:
         self.step = 0
         self.best: dict[str, Any] = {"value": -math.inf, "epoch": None}
         self.ensemble = EnsembleAccumulator()
+        self.partial: dict[str, Any] = {}  # loss sums of the epoch so far, saved with a mid-epoch state
 
     # ------------------------------------------------------------------------------- one step
     def prepare(self, batch: Batch, step_in_epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -137,14 +138,16 @@ class Trainer:
         self.sampler.set_epoch(self.epoch)
         order = self.sampler.rank_order()[: self.steps_per_epoch * self.batch_size]
         done_steps = start_position // self.batch_size
-        sums: dict[str, float] = {}
-        count = 0
+        resumed = self.partial if start_position else {}  # the steps of this epoch before a resume
+        sums: dict[str, float] = dict(resumed.get("sums", {}))
+        count = int(resumed.get("count", 0))
+        earlier_seconds = float(resumed.get("seconds", 0.0))
         clip = self.config["optim"].get("grad_clip")
         every = int(self.config["train"].get("checkpoint_every_steps") or 0)
         bar = tqdm(total=self.steps_per_epoch, initial=done_steps, desc=f"epoch {self.epoch + 1}/{self.epochs}",
                    disable=not (self.progress and self.dist.is_main), unit="step")
         started = time.perf_counter()
-        data_time = 0.0
+        data_time = float(resumed.get("data_seconds", 0.0))
         tick = time.perf_counter()
         for step_in_epoch, batch in enumerate(batches(self.store, order[done_steps * self.batch_size:],
                                                       self.batch_size, drop_last=True), start=done_steps):
@@ -163,15 +166,17 @@ class Trainer:
             count += 1
             for key, value in {"loss": total.detach(), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
-            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}",
-                            clips_s=f"{count * self.batch_size / (time.perf_counter() - started):.1f}")
+            seconds = earlier_seconds + time.perf_counter() - started
+            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", clips_s=f"{count * self.batch_size / seconds:.1f}")
             bar.update(1)
             if every and (step_in_epoch + 1) % every == 0 and step_in_epoch + 1 < self.steps_per_epoch:
+                self.partial = {"sums": dict(sums), "count": count, "seconds": seconds, "data_seconds": data_time}
                 self.save_state(position=(step_in_epoch + 1) * self.batch_size)
             tick = time.perf_counter()
         bar.close()
-        elapsed = time.perf_counter() - started
-        out = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
+        self.partial = {}
+        elapsed = earlier_seconds + time.perf_counter() - started
+        out = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}  # over the whole epoch, resumed or not
         out.update({"lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": elapsed,
                     "data_fraction": data_time / elapsed if elapsed else 0.0})
         return out
@@ -203,7 +208,8 @@ class Trainer:
             "format": STATE_FORMAT, "epoch": self.epoch, "step": self.step,
             "model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(consumed=position),
-            "best": self.best, "ensemble": self.ensemble.state_dict(), **self.identity,
+            "best": self.best, "ensemble": self.ensemble.state_dict(), "partial_epoch": self.partial,
+            **self.identity,
         }
         torch_save_atomic(self.state_path(), state)
 
@@ -224,6 +230,7 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.best = state["best"]
         self.ensemble.load_state_dict(state["ensemble"])
+        self.partial = dict(state.get("partial_epoch") or {})
         return int(state["sampler"]["position"])
 
     # ----------------------------------------------------------------------------------- fit
