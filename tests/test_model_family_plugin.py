@@ -153,3 +153,31 @@ def _files(top: Path) -> list[Path]:
 
 def _last_row(run: Path) -> dict:
     return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_plugin_family_runs_through_the_stage_graph(tmp_path):
+    """The CRNN teaches a CNN and is taught by one through `cmkd-pipe run`: planned from the preset's model
+    section, run by stage subprocesses that load the plugin from the environment, recorded done."""
+    from data_manifests.demo import make_demo_corpus
+    from faults import cli, stage_env
+    from pipeline.records import read_record
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    make_demo_corpus(data, clips_per_class=3, n_folds=3, clip_seconds=1.0)
+    settings = ["train.epochs=1", "average.wa_start_epoch=null", "average.wa_end_epoch=null", "data.batch_size=8",
+                "average.ensemble=false", *WITH_CRNN]
+    env = stage_env(**{PLUGINS_ENV: PLUGIN})
+    for target in ("fold-1/student-cnn-from-crnn", "fold-1/student-crnn-from-cnn"):
+        done = subprocess.run(cli("run", "--dataset", "demo", "--data-root", str(data), "--run-dir", str(run),
+                                  "--folds", "1", "--scheduler", "synchronous", "--until", target,
+                                  *[f"--set={s}" for s in settings]),
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for name in ("fold-1/train-crnn", "fold-1/logits-crnn", "fold-1/student-cnn-from-crnn",
+                 "fold-1/student-crnn-from-cnn"):
+        assert read_record(run / name) is not None, name
+    student = json.loads((run / "fold-1" / "student-crnn-from-cnn" / "results.json").read_text())
+    assert student["arch"] == "crnn" and student["teacher"]["arch"].startswith("timm:")
+    taught = json.loads((run / "fold-1" / "student-cnn-from-crnn" / "results.json").read_text())
+    assert taught["teacher"]["arch"] == "crnn"
