@@ -82,8 +82,13 @@ def test_plot_curves_writes_a_png(tmp_path):
 
 
 def test_tensorboard_hides_the_interrupted_runs_later_epochs(tmp_path):
+    """Also when the two runs' event files are opened in the same second and their writer counters cross
+    from 9 to 10 (which sorts the later file first by name)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
 
+    for index in range(9):
+        SummaryWriter(str(tmp_path / f"other-{index}")).close()
     with RunLogger(tmp_path) as logger:
         for epoch in (1, 2, 3):
             logger.log({"epoch": epoch, "train_loss": float(epoch)})

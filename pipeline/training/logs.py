@@ -68,9 +68,11 @@ class RunLogger:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step hides events a crashed run wrote at or after the epoch now being redone
-            self._writer = SummaryWriter(str(self.out_dir / TENSORBOARD_DIR),
-                                         purge_step=row["epoch"] if purge else None)
+            # purge_step hides events a crashed run wrote at or after the epoch now being redone; TensorBoard
+            # applies it only to files that sort before this one, so this file must sort last
+            folder = self.out_dir / TENSORBOARD_DIR
+            _wait_for_a_later_second(folder)
+            self._writer = SummaryWriter(str(folder), purge_step=row["epoch"] if purge else None)
         for key, value in row.items():
             if key != "epoch" and _is_number(value):
                 self._writer.add_scalar(key, value, global_step=row["epoch"])
@@ -138,3 +140,16 @@ def _to_csv(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def _wait_for_a_later_second(folder: Path) -> None:
+    """Event files are named events.out.tfevents.<unix second>.<host>.<pid>.<counter> and read in name order,
+    so a writer opened in the same second as an earlier file of this process can sort before it (counter
+    10 < 9 as text). Waiting for the next second keeps a resumed run's file last (runs are minutes apart;
+    only a test opens two in one second)."""
+    import time
+
+    stamps = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
+              if p.name.split(".")[3].isdigit()] if folder.is_dir() else []
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)
