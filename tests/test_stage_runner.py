@@ -170,12 +170,18 @@ def test_an_error_line_is_the_failure_not_a_progress_frame(tmp_path, monkeypatch
     assert failure["error"] == "error: /data/x.wav: no such file"
 
 
-def test_a_stale_rerun_that_fails_at_once_loses_nothing(tmp_path, monkeypatch):
-    graph, options, stage = _fake_stage(tmp_path, monkeypatch, "import sys; sys.exit('error: bad data root')")
+def _stale_report(tmp_path: Path, monkeypatch, script: str):
+    """The fake report stage with an earlier report and a record of another config (so it is stale)."""
+    graph, options, stage = _fake_stage(tmp_path, monkeypatch, script)
     folder = options.run_dir / "report"
     folder.mkdir(parents=True)
     (folder / "report.md").write_text("the earlier report")
     write_record(folder, stage="report", config={"old": True}, inputs={}, outputs=[], started=0, finished=1)
+    return graph, options, stage, folder
+
+
+def test_a_stale_rerun_that_fails_at_once_loses_nothing(tmp_path, monkeypatch):
+    graph, options, stage, folder = _stale_report(tmp_path, monkeypatch, "import sys; sys.exit('error: bad root')")
     before = (folder / "stage.json").read_text()
     with pytest.raises(graph.StageFailed):
         graph.run_stage(stage, options.run_dir, options)
@@ -185,11 +191,7 @@ def test_a_stale_rerun_that_fails_at_once_loses_nothing(tmp_path, monkeypatch):
 
 
 def test_a_stale_rerun_keeps_the_previous_outputs_aside(tmp_path, monkeypatch):
-    graph, options, stage = _fake_stage(tmp_path, monkeypatch, "print('ok')")
-    folder = options.run_dir / "report"
-    folder.mkdir(parents=True)
-    (folder / "report.md").write_text("the earlier report")
-    write_record(folder, stage="report", config={"old": True}, inputs={}, outputs=[], started=0, finished=1)
+    graph, options, stage, folder = _stale_report(tmp_path, monkeypatch, "print('ok')")
     graph.run_stage(stage, options.run_dir, options)
     assert (folder / "previous" / "report.md").read_text() == "the earlier report"
     assert graph.state(stage, options.run_dir)[0] == "done"
