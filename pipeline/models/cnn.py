@@ -13,47 +13,13 @@ backbone accepts any number of frames; only the mel-bin count is fixed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import timm
 import torch
 from torch import Tensor, nn
 
-from pipeline.models.registry import register_family
-
-EFFICIENTNET_VARIANTS: tuple[str, ...] = tuple(f"efficientnet_b{k}" for k in range(8)) + tuple(
-    f"tf_efficientnet_b{k}" for k in range(8)
-)  # tf_*: TF 'same' padding and BN eps 1e-3, the arithmetic of PSLA's efficientnet_pytorch models
-POOLINGS = ("mean", "attention")
-ATTENTION_EPS = 1e-7
-
-
-@dataclass(frozen=True)
-class CNNConfig:
-    """Options of the CNN family; the checks raise one-line ValueErrors naming the option."""
-
-    arch: str = "cnn"  # "cnn" (the EfficientNet `variant`) or "timm:NAME" (any timm CNN as backbone)
-    variant: str = "efficientnet_b2"  # EfficientNet of arch "cnn" (CMKD: B2); "timm:NAME" sets it to NAME
-    pooling: str = "mean"  # "mean" (CMKD) or "attention" (PSLA's multi-head attention pooling)
-    heads: int = 4  # attention heads (pooling "attention" only)
-    drop_rate: float = 0.0  # dropout before the classifier, in [0, 1)
-    drop_path: float = 0.0  # stochastic depth of the backbone, in [0, 1)
-
-    def __post_init__(self) -> None:
-        if self.arch.startswith("timm:"):
-            object.__setattr__(self, "variant", self.arch[len("timm:"):])
-        elif self.variant not in EFFICIENTNET_VARIANTS:
-            raise ValueError(
-                f"model config: unknown cnn variant {self.variant!r}; known: {list(EFFICIENTNET_VARIANTS)}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"model config: unknown pooling {self.pooling!r}; known: {list(POOLINGS)}")
-        if self.heads < 1:
-            raise ValueError(f"model config: option 'heads' of arch {self.arch!r} must be >= 1, got {self.heads}")
-        for name in ("drop_rate", "drop_path"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"model config: {name} must be in [0, 1), got {getattr(self, name)!r}")
-
+from pipeline.models.cnn_options import ATTENTION_EPS, EFFICIENTNET_VARIANTS, POOLINGS, CNNConfig  # noqa: F401
 
 class MeanPoolingHead(nn.Module):
     """Mean over frequency and time, dropout, Linear -> logits."""
@@ -148,9 +114,7 @@ class CNNClassifier(nn.Module):
         return (logits, fmap.mean(dim=(2, 3))) if return_embedding else logits
 
 
-@register_family("cnn", display_name="CNN (EfficientNet)", config=CNNConfig, archs=("cnn", "timm:?*"),
-                 weight_formats=("timm-cnn", "psla", "native-cnn"), imagenet_format="timm-cnn", channels_last=True)
 def build_cnn(config: CNNConfig, n_classes: int, n_mels: int, n_frames: int) -> CNNClassifier:
-    """The CNN family's model for `config`."""
+    """The CNN family's model for `config` (registered in pipeline.models.cnn_options)."""
     return CNNClassifier(config.variant, n_classes, n_mels, n_frames, pooling=config.pooling, heads=config.heads,
                          drop_rate=config.drop_rate, drop_path=config.drop_path)

@@ -1,13 +1,14 @@
-"""Model families: each family registers itself where it is defined; callers look names up.
+"""Model families: each family registers itself beside its definition; callers look names up.
 
 A family is one kind of model the pipeline trains, teaches and distils (the CNN, the AST, ...). It
 declares its name (the key of its per-family preset sections), a display name for reports, a typed
 options dataclass (defaults and a one-line doc per field; its `arch` field names the architecture),
 a builder, the weight formats `pipeline.models.weights` may import into it, and the arch names it
-owns (fnmatch patterns: `timm:?*` makes every `timm:NAME` a CNN). Register one with the decorator:
+owns (fnmatch patterns: `timm:?*` makes every `timm:NAME` a CNN). Register one with the decorator, or,
+as the built-ins do in their torch-free `*_options.py` modules, with a lazy builder:
 
-    @register_family("cnn", display_name="CNN (EfficientNet)", config=CNNConfig, archs=("cnn", "timm:?*"))
-    def build_cnn(config: CNNConfig, n_classes: int, n_mels: int, n_frames: int) -> nn.Module: ...
+    register_family("cnn", display_name="CNN (EfficientNet)", config=CNNConfig, archs=("cnn", "timm:?*"))(
+        lazy_builder("pipeline.models.cnn", "build_cnn"))
 
 The built-in families live in BUILTIN_MODULES. Modules named in the environment variable
 CMKD_PIPE_PLUGINS (comma-separated, e.g. `CMKD_PIPE_PLUGINS=mylab.passt,mylab.panns`) are imported after
@@ -23,7 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-BUILTIN_MODULES = ("pipeline.models.cnn", "pipeline.models.ast")  # their order is the families' order
+# their order is the families' order; each declares its family without importing torch (the model module
+# is imported by the family's lazy builder when a model is first built)
+BUILTIN_MODULES = ("pipeline.models.cnn_options", "pipeline.models.ast_options")
 PLUGINS_ENV = "CMKD_PIPE_PLUGINS"
 
 Builder = Callable[[Any, int, int, int], Any]  # (options, n_classes, n_mels, n_frames) -> nn.Module
@@ -100,6 +103,17 @@ def family_of_arch(arch: Any) -> ModelFamily:
             return family
     known = ", ".join(p.replace("?*", "NAME") for f in _FAMILIES.values() for p in f.archs)
     raise ValueError(f"model config: unknown arch {arch!r}; use one of {known} (e.g. timm:resnet18)")
+
+
+def lazy_builder(module: str, name: str) -> Builder:
+    """A builder that imports `module` (the family's torch code) on its first call and calls its `name`, so
+    declaring a family, checking configs and planning never import torch."""
+
+    def build(config: Any, n_classes: int, n_mels: int, n_frames: int) -> Any:
+        return getattr(importlib.import_module(module), name)(config, n_classes, n_mels, n_frames)
+
+    build.__qualname__ = f"lazy:{module}.{name}"
+    return build
 
 
 def family_of_model(model: Any) -> ModelFamily:
