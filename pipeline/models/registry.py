@@ -72,7 +72,7 @@ def register_family(name: str, *, display_name: str, config: type, weight_format
             raise ValueError(f"model family {name!r} is registered twice ({_origin(old.build)}, {_origin(build)})")
         _FAMILIES[name] = family
         rank = {module: i for i, module in enumerate(BUILTIN_MODULES)}  # built-ins first, in their order
-        ordered = sorted(_FAMILIES.values(), key=lambda f: rank.get(f.build.__module__, len(rank)))
+        ordered = sorted(_FAMILIES.values(), key=lambda f: rank.get(f.config.__module__, len(rank)))
         _FAMILIES.clear()
         _FAMILIES.update((f.name, f) for f in ordered)
         return build
