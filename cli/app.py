@@ -81,7 +81,7 @@ Model = Annotated[str, typer.Option("--model", help="a model family (cnn | ast |
 
 def _train_command(features: Path, model: str, out: Path, preset: str, overrides: list[str], resume: bool,
                    weights: Optional[Path], new_head: bool, pretrained_from_hub: bool, device: Optional[str],
-                   logits: Optional[Path] = None, teacher: Optional[Path] = None) -> None:
+                   logits: Optional[Path] = None, teacher: Optional[Path] = None, overwrite: bool = False) -> None:
     from cli import stage_runner
     from pipeline.training.presets import resolve_config
 
@@ -90,7 +90,7 @@ def _train_command(features: Path, model: str, out: Path, preset: str, overrides
         {"family": model, "config": resolve_config(preset, overrides),
          "teacher": "logits" if logits else "checkpoint" if teacher else None},
         {"features": str(features), "out": str(out), **teacher_io},
-        {"resume": resume, "weights": str(weights) if weights else None, "new_head": new_head,
+        {"resume": resume, "overwrite": overwrite, "weights": str(weights) if weights else None, "new_head": new_head,
          "device": device, "pretrained_from_hub": pretrained_from_hub,
          "extra": {"preset": preset, "overrides": list(overrides)}})
     if int(os.environ.get("RANK", "0")) != 0:
@@ -111,9 +111,11 @@ def train_cmd(features: Annotated[Path, typer.Option(help="feature store (.zarr)
                                                                    "official AST checkpoint, HF AST folder, PSLA checkpoint")] = None,
               new_head: Annotated[bool, typer.Option(help="replace a head with another class count")] = False,
               pretrained_from_hub: Annotated[bool, typer.Option(help="allow downloading ImageNet weights from timm's hub")] = False,
-              device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda when available)")] = None) -> None:
+              device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda when available)")] = None,
+              overwrite: Annotated[bool, typer.Option(help="start an existing run folder's run again")] = False) -> None:
     """Train a model (teacher or no-KD baseline) on a feature store. Under torchrun: DDP."""
-    _train_command(features, model, out, preset, set_, resume, weights, new_head, pretrained_from_hub, device)
+    _train_command(features, model, out, preset, set_, resume, weights, new_head, pretrained_from_hub, device,
+                   overwrite=overwrite)
 
 
 @app.command("train-student")
@@ -128,7 +130,9 @@ def train_student_cmd(logits: Annotated[Optional[Path], typer.Option(help="cache
                       preset: Annotated[Optional[str], typer.Option(help="training preset (default: the teacher's, "
                                                                          "with its overrides)")] = None,
                       set_: Set = [], resume: bool = False, weights: Optional[Path] = None, new_head: bool = False,
-                      pretrained_from_hub: bool = False, device: Optional[str] = None) -> None:
+                      pretrained_from_hub: bool = False, device: Optional[str] = None,
+                      overwrite: Annotated[bool, typer.Option(help="start an existing run folder's run again")] = False
+                      ) -> None:
     """Train a student with the CMKD loss against cached teacher logits (or an online teacher).
 
     `cmkd-pipe train-student --logits store.zarr` is enough: the feature store, recipe and model family come
@@ -143,7 +147,7 @@ def train_student_cmd(logits: Annotated[Optional[Path], typer.Option(help="cache
     defaults.out = out or defaults.out.with_name(f"student-{defaults.model}-from-{defaults.teacher_family}")
     typer.echo(defaults.describe())
     _train_command(defaults.features, defaults.model, defaults.out, defaults.preset, defaults.overrides, resume,
-                   weights, new_head, pretrained_from_hub, device, logits=logits, teacher=teacher)
+                   weights, new_head, pretrained_from_hub, device, logits=logits, teacher=teacher, overwrite=overwrite)
 
 
 @app.command("evaluate")

@@ -84,7 +84,7 @@ def train(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any]:
                        logits=io["teacher"] if teacher == "logits" else None,
                        teacher=io["teacher"] if teacher == "checkpoint" else None,
                        device=runtime.get("device"), allow_download=bool(runtime.get("pretrained_from_hub")),
-                       progress=bool(runtime.get("progress", True)),
+                       progress=bool(runtime.get("progress", True)), overwrite=bool(runtime.get("overwrite")),
                        extra={**(runtime.get("extra") or {}), "feature_store": str(Path(io["features"]).resolve())})
 
 

@@ -85,10 +85,16 @@ def build_manifest(kind: str, root: str | os.PathLike, **options) -> Manifest:
     if kind not in BUILDERS:
         raise ManifestError(f"unknown manifest kind {kind!r}; choose one of {sorted(BUILDERS)}")
     builder = BUILDERS[kind]
-    accepted = list(inspect.signature(builder).parameters)[1:]
-    unknown = sorted(set(options) - set(accepted))
+    parameters = dict(list(inspect.signature(builder).parameters.items())[1:])
+    unknown = sorted(set(options) - set(parameters))
     if unknown:
-        raise ManifestError(f"manifest kind {kind!r} takes no option(s) {unknown}; it takes {accepted or 'none'}")
+        raise ManifestError(f"manifest kind {kind!r} takes no option(s) {unknown}; it takes {list(parameters) or 'none'}")
+    for name, value in options.items():
+        default = parameters[name].default
+        if type(default) in (int, float, bool) and type(value) is not type(default) and not (
+                type(default) is float and type(value) is int):
+            raise ManifestError(f"manifest kind {kind!r}: option {name}={value!r} must be {_article(type(default).__name__)} "
+                                f"(default {default!r})")
     return builder(Path(root), **options)
 
 
@@ -101,3 +107,7 @@ def _split_pair(text: str) -> tuple[str, str]:
     if not sep or not split.strip() or not name.strip():
         raise ManifestError(f"splits entry {text!r} must read split=file.json")
     return split.strip(), name.strip()
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"

@@ -11,6 +11,7 @@ Launch under torchrun for DDP (one process per device): every rank trains, rank 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,14 @@ def train(features: str | os.PathLike, arch: str, out: str | os.PathLike, *, pre
           overrides: list[str] | None = None, config: dict[str, Any] | None = None, resume: bool = False,
           weights: str | None = None, new_head: bool = False, logits: str | None = None, teacher: str | None = None,
           device: str | None = None, allow_download: bool = False, progress: bool = True,
-          extra: dict[str, Any] | None = None) -> dict[str, Any]:
+          extra: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train with `config` (a resolved config, as the stage graph writes it) or else the preset with dotted
-    overrides, and write the run folder; return results.json's content."""
+    overrides, and write the run folder; return results.json's content. An existing run folder is continued
+    (`resume`), started again (`overwrite`: its run files are deleted first) or refused."""
     family_of_arch(arch)  # an unknown --model fails before the preset is read
     if config is None:
         config = resolve_config(preset, overrides or [])
+    prepare_run_folder(Path(out), resume=resume, overwrite=overwrite)
     request = TrainRequest(features=Path(features), arch=arch, config=config, out_dir=Path(out), resume=resume,
                            weights=Path(weights) if weights else None, new_head=new_head,
                            teacher_logits=Path(logits) if logits else None,
@@ -44,6 +47,26 @@ def train(features: str | os.PathLike, arch: str, out: str | os.PathLike, *, pre
                            allow_download=allow_download, progress=progress,
                            extra={"preset": preset, **(extra or {})})
     return run_training(request)
+
+
+RUN_FILES = ("checkpoints", "results.json", "final.pt", "best.pt", "wa.pt", "metrics.jsonl", "metrics.csv",
+             "test_predictions.npz", "config.yaml", "curves.png", "tensorboard")
+
+
+def prepare_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to train over a file or over an earlier run (unless resuming it or asked to overwrite it);
+    `overwrite` deletes only the run's own files, never anything else in the folder."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file, not a run folder; choose another --out")
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if not found or resume:
+        return
+    if not overwrite:
+        raise ValueError(f"{out}: already holds a training run ({', '.join(found[:3])}); pass --resume to "
+                         "continue it, --overwrite to start it again, or choose another --out")
+    for name in found:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def run_training(request: TrainRequest) -> dict[str, Any]:

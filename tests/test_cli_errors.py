@@ -47,3 +47,31 @@ def test_the_stage_graph_keeps_the_traceback_in_the_log(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["features", "--manifest", str(tmp_path), "--out", str(tmp_path / "f.zarr")])
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("Traceback") and lines[-1] == "error: bad setting"
+
+
+def test_a_manifest_option_of_the_wrong_type_is_one_line(tmp_path):
+    (tmp_path / "dog").mkdir()
+    result = CliRunner().invoke(app, ["manifest", "folder", str(tmp_path), "--out", str(tmp_path / "m"),
+                                      "-o", "folds=abc"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1
+    assert "option folds='abc' must be an int (default 5)" in lines[0]
+
+
+def test_a_run_folder_is_not_trained_over_without_resume_or_overwrite(tmp_path):
+    from stages.train import prepare_run_folder
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "results.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already holds a training run .*pass --resume to continue it, "
+                                         "--overwrite to start it again"):
+        prepare_run_folder(out, resume=False, overwrite=False)
+    prepare_run_folder(out, resume=True, overwrite=False)  # resuming is fine
+    prepare_run_folder(out, resume=False, overwrite=True)
+    assert not (out / "checkpoints").exists() and not (out / "results.json").exists()
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own files go
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a run folder"):
+        prepare_run_folder(tmp_path / "afile", resume=False, overwrite=True)

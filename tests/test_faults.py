@@ -12,6 +12,7 @@ their own LocalCluster, as a user's would, and die with their process group (tes
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -32,6 +33,10 @@ from pipeline.stores.chunks import StoreError
 from pipeline.stores.feature_store import FeatureStore
 from stages.features import run_features
 from stages.teacher_logits import run_teacher_logits
+
+# SIGKILLs per stage in the random-kill tests (seeded moments); CI runs this small number, a soak run more:
+# CMKD_PIPE_KILLS=20 make test-all
+KILLS = int(os.environ.get("CMKD_PIPE_KILLS", "2"))
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file(),
                                 reason="needs Linux /proc to watch process groups")
@@ -100,7 +105,7 @@ def test_killed_feature_stage_resumes_to_the_same_store(tmp_path, corpus, refere
     done: list[int] = []
     outcome = kill_and_rerun(
         cli("features", "--manifest", str(corpus), "--out", str(store), "--workers", "1", *FEATURE_ARGS),
-        seed=11, kills=2, log_dir=tmp_path / "logs", trigger=after_chunks(store, 1, 6),
+        seed=11, kills=KILLS, log_dir=tmp_path / "logs", trigger=after_chunks(store, 1, 6),
         after_kill=killed_store_checker(store, want, "fbank", FeatureStore, done))
     assert len(outcome.kill_times) == 2 and not outcome.finished_early, outcome
     assert 0 < done[0] < done[1] < N_CLIPS  # both kills landed mid-stage, each after some progress
@@ -126,7 +131,7 @@ def test_killed_teacher_logits_stage_resumes_to_the_same_store(tmp_path, referen
     outcome = kill_and_rerun(
         cli("teacher-logits", "--features", str(reference), "--checkpoint", str(teacher), "--out", str(store),
             *VIEW_ARGS, "--chunk-clips", "1", "--batch-size", "4", "--workers", "1", "--device", "cpu"),
-        seed=12, kills=2, log_dir=tmp_path / "logs", trigger=after_chunks(store, 1, 6),
+        seed=12, kills=KILLS, log_dir=tmp_path / "logs", trigger=after_chunks(store, 1, 6),
         after_kill=killed_store_checker(store, want, "logits", ls.LogitsStore, done))
     assert len(outcome.kill_times) == 2 and not outcome.finished_early, outcome
     assert 0 < done[0] < done[1] < N_CLIPS
@@ -156,7 +161,7 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, reference):
     run_to_end(command(tmp_path / "uninterrupted"), tmp_path / "uninterrupted.log")
     run = tmp_path / "killed"
     last = run / "checkpoints" / "last.pt"
-    outcome = kill_and_rerun(command(run), seed=13, kills=2, log_dir=tmp_path / "logs",
+    outcome = kill_and_rerun(command(run), seed=13, kills=KILLS, log_dir=tmp_path / "logs",
                              trigger=after_change(lambda: mtime_ns(last), 0.0, 0.5),
                              after_kill=lambda attempt: check_checkpoints_load(run))
     assert len(outcome.kill_times) == 2 and not outcome.finished_early, outcome
