@@ -336,3 +336,63 @@ def test_adapt_ast_to_frames():
     x = torch.randn(2, 128, 128)
     with torch.no_grad():
         assert torch.equal(adapt_ast_to_frames(model, 128).eval()(x), model(x))
+
+
+# ---------------------------------------------------------------- import hardening (issue #10)
+
+
+def test_an_official_10_10_checkpoint_is_read_with_its_published_grid(hf_folder, tmp_path):
+    """1212 patches are the 12 x 101 grid of the 10/10 release at 128 bins x 1024 frames; a 64-bin model with
+    4 frequency rows (which divides 1212) must not read them as 4 x 303."""
+    folder, *_ = hf_folder
+    official = hf_to_official(load_file(folder / "model.safetensors"))
+    pos = torch.randn(1, 2 + 1212, 64, generator=torch.Generator().manual_seed(3))
+    official["module.v.pos_embed"] = pos
+    torch.save(official, tmp_path / "audioset_10_10_0.4593.pth")
+    model = build_model({**OURS_SMALL, "fstride": 16, "tstride": 16}, 5, 64, 128)
+    assert model.grid[0] == 4 and 1212 % 4 == 0
+    load_weights(model, tmp_path / "audioset_10_10_0.4593.pth")
+    assert torch.equal(model.embeddings.pos_embed.detach(), adapt_pos_embed(pos, (12, 101), model.grid))
+
+
+def test_a_truncated_safetensors_file_is_one_line_naming_it(hf_folder, tmp_path):
+    import shutil
+
+    folder, *_ = hf_folder
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match=r"model\.safetensors: cannot read as safetensors .*truncated"):
+        load_weights(build_model(OURS_SMALL, 5, 64, 128), broken)
+
+
+def test_a_malformed_config_json_is_one_line_naming_it(hf_folder, tmp_path):
+    import shutil
+
+    folder, *_ = hf_folder
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "config.json").write_text('{"num_mel_bins": 64,')
+    with pytest.raises(WeightsError, match=r"config\.json: not valid JSON"):
+        load_weights(build_model(OURS_SMALL, 5, 64, 128), broken)
+
+
+def test_a_config_whose_label_count_disagrees_with_the_head_is_reported(hf_folder, tmp_path):
+    import json
+    import shutil
+
+    folder, *_ = hf_folder
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    config = json.loads((other / "config.json").read_text())
+    config["id2label"] = {str(i): f"c{i}" for i in range(7)}
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsError, match="config.json names 7 labels but the classifier has 5 outputs"):
+        load_weights(build_model(OURS_SMALL, 5, 64, 128), other)
+
+
+def test_an_unknown_key_set_is_an_unrecognised_format(tmp_path):
+    torch.save({"encoder.w": torch.zeros(3), "decoder.b": torch.zeros(2)}, tmp_path / "odd.pt")
+    with pytest.raises(WeightsError, match="unrecognised weight format \\(keys such as decoder.b, encoder.w\\)"):
+        load_weights(build_model(OURS_SMALL, 5, 64, 128), tmp_path / "odd.pt")

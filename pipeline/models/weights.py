@@ -277,7 +277,11 @@ def read_weights(path: str | Path) -> tuple[StateDict, dict | None]:
         weights = [p for p in (path / "model.safetensors", path / "pytorch_model.bin") if p.exists()]
         if not config_file.exists() or not weights:
             raise WeightsError(f"{path}: not a Hugging Face model folder (needs config.json + model.safetensors)")
-        return _read_file(weights[0]), json.loads(config_file.read_text())
+        try:
+            config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as error:
+            raise WeightsError(f"{config_file}: not valid JSON ({error}); download the model folder again") from None
+        return _read_file(weights[0]), config
     if not path.exists():
         raise WeightsError(f"{path}: no such weights file")
     return _read_file(path), None
@@ -287,7 +291,12 @@ def _read_file(path: Path) -> StateDict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WeightsError(f"{path}: cannot read as safetensors ({first}); the file may be truncated: "
+                               "download it again") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
@@ -317,7 +326,10 @@ def detect_format(sd: StateDict) -> str:
         return "psla"
     if "patch_embed.proj.weight" in keys and "pos_embed" in keys:
         return "timm-vit"
-    return "timm-cnn"
+    if any(k.endswith(("conv_stem.weight", "conv1.weight", "stem.conv.weight", "features.0.0.weight"))
+           or ".conv" in k for k in keys):
+        return "timm-cnn"
+    return "unknown"
 
 
 def load_weights(model: nn.Module, path: str | Path, new_head: bool = False) -> str:
@@ -325,6 +337,11 @@ def load_weights(model: nn.Module, path: str | Path, new_head: bool = False) -> 
     sd, hf_config = read_weights(path)
     fmt = detect_format(sd)
     family = family_of_model(model)
+    if fmt == "unknown" and set(strip_prefix(sd, "module.")) != set(model.state_dict()):
+        sample = ", ".join(sorted(sd)[:3])
+        raise WeightsError(f"{path}: unrecognised weight format (keys such as {sample}); give a timm, official "
+                           "AST, Hugging Face AST, PSLA or cmkd-pipe file")
+    _check_label_count(hf_config, sd, path)
     if fmt not in family.weight_formats:
         if set(strip_prefix(sd, "module.")) != set(model.state_dict()):
             raise WeightsError(f"{path}: {fmt} weights do not fit model family {family.display_name!r} "
@@ -339,8 +356,25 @@ def _timm_vit(model: AST, sd: StateDict, hf_config: dict | None, path: Path) -> 
     return timm_vit_to_ast(sd, model.grid), False
 
 
+# Patch grids of the official AST releases (128 mel bins x 1024 frames; audioset_{s}_{s}_*.pth), by their number
+# of patches: the file has no config, so its grid is read off this table rather than guessed from the model's.
+PUBLISHED_AST_GRIDS = {1212: (12, 101), 850: (10, 85), 648: (9, 72), 504: (8, 63)}  # strides 10, 12, 14, 16
+
+
 def _ast_official(model: AST, sd: StateDict, hf_config: dict | None, path: Path) -> tuple[StateDict, bool]:
-    return fit_pos_embed(official_ast_to_ours(sd), model.grid), True
+    ours = official_ast_to_ours(sd)
+    n_patches = ours["embeddings.pos_embed"].shape[1] - N_TOKENS
+    return fit_pos_embed(ours, model.grid, PUBLISHED_AST_GRIDS.get(n_patches)), True
+
+
+def _check_label_count(config: dict | None, sd: StateDict, path: Path) -> None:
+    """A Hugging Face config whose label count disagrees with its classifier's outputs is reported."""
+    if not config or not config.get("id2label"):
+        return
+    heads = [v for k, v in sd.items() if k.endswith("classifier.dense.weight")]
+    if heads and heads[0].shape[0] != len(config["id2label"]):
+        raise WeightsError(f"{path}: config.json names {len(config['id2label'])} labels but the classifier has "
+                           f"{heads[0].shape[0]} outputs; the folder's files do not belong together")
 
 
 def _ast_hf(model: AST, sd: StateDict, hf_config: dict | None, path: Path) -> tuple[StateDict, bool]:
