@@ -19,7 +19,8 @@ from cli import stage_runner
 from cli.app import app
 from pipeline.training.presets import resolve_config, select_family
 from pipeline.records import write_record
-from stages.graph import RUNTIME_TRAIN_KEYS, RunOptions, input_fingerprints, plan, state, write_config_file
+from stages.graph import (RUNTIME_TRAIN_KEYS, RunOptions, evidence, input_fingerprints, plan, state,
+                          write_config_file)
 
 UNUSUAL = ["augment.mixup_alpha=3.5", "augment.mixup_mode=logmel", "augment.mixup_rate=0.25",
            "augment.freq_mask=7", "augment.time_mask=11", "kd.views=3", "train.seed=7",
@@ -265,3 +266,34 @@ def test_status_reuses_the_arguments_of_the_last_run(built, tmp_path):
     rows = {line.split()[0]: line for line in result.output.splitlines()}
     assert "done" in rows["manifest"] and "done" in rows["features"]
     assert "fold-2/train-cnn" not in rows  # the recorded folds
+
+
+def test_your_own_folder_corpus_gets_the_graph(tmp_path, make_tone):
+    """`make cmkd DATASET=folder DATA_ROOT=… PRESET=my.yaml`: fold groups, the preset's front-end, status."""
+    import shutil
+
+    import soundfile as sf
+
+    from pipeline.training.presets import preset_path
+
+    root = tmp_path / "classes"
+    for label, freq in (("dog", 300.0), ("cat", 900.0), ("bird", 2500.0)):
+        (root / label).mkdir(parents=True)
+        for i in range(5):
+            sf.write(root / label / f"{i}.wav", make_tone(freq, 1.0, 16000, noise=0.05, seed=i), 16000)
+    mine = tmp_path / "my.yaml"
+    shutil.copy(preset_path("cpu-small"), mine)
+    mine.write_text(mine.read_text().replace("num_mel_bins: 64", "num_mel_bins: 40"))
+    options = RunOptions("folder", tmp_path / "run", root, preset=str(mine), folds=[1, 2, 3])
+    stages_ = {s.name: s for s in plan(options)}
+    assert {"fold-1/train-cnn", "fold-3/student-ast-from-cnn", "report"} <= set(stages_)
+    assert stages_["features"].params["features"]["num_mel_bins"] == 40  # the user's preset sets the front-end
+    assert stages_["fold-2/train-ast"].params["config"]["data"]["test"] == "fold==2"
+    stage_runner.run("manifest", stages_["manifest"].params, stages_["manifest"].io, {})
+    write_record(options.run_dir / "manifest", stage="manifest", config=stages_["manifest"].identity(), inputs={},
+                 outputs=[], started=0, finished=1, extra={"evidence": evidence(stages_["manifest"])})
+    result = CliRunner().invoke(app, ["status", "--dataset", "folder", "--run-dir", str(options.run_dir),
+                                      "--data-root", str(root), "--preset", str(mine), "--folds", "1,2,3"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split()[1] for line in result.output.splitlines()}
+    assert rows["manifest"] == "done" and rows["features"] == "not" and "fold-3/train-cnn" in rows
