@@ -297,3 +297,20 @@ def test_your_own_folder_corpus_gets_the_graph(tmp_path, make_tone):
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line.split()[1] for line in result.output.splitlines()}
     assert rows["manifest"] == "done" and rows["features"] == "not" and "fold-3/train-cnn" in rows
+
+
+def test_a_rerun_killed_after_an_earlier_failure_shows_as_incomplete(tmp_path, monkeypatch):
+    """The newest evidence wins: a failure note from an earlier run is gone once the stage starts again, so
+    a run killed with its runner (no note written) is 'incomplete', not the old 'failed'."""
+    graph, options, stage = _fake_stage(tmp_path, monkeypatch, "import sys; sys.exit('error: first try')")
+    with pytest.raises(graph.StageFailed):
+        graph.run_stage(stage, options.run_dir, options)
+    assert graph.state(stage, options.run_dir)[0] == "failed"
+
+    def runner_killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the `cmkd-pipe run` process dies with its stage
+
+    monkeypatch.setattr(graph, "_call_logged", runner_killed)
+    with pytest.raises(KeyboardInterrupt):
+        graph.run_stage(stage, options.run_dir, options)
+    assert graph.state(stage, options.run_dir) == ("incomplete", "started, not finished (killed or running)")
