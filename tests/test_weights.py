@@ -355,12 +355,16 @@ def test_an_official_10_10_checkpoint_is_read_with_its_published_grid(hf_folder,
     assert torch.equal(model.embeddings.pos_embed.detach(), adapt_pos_embed(pos, (12, 101), model.grid))
 
 
-def test_a_truncated_safetensors_file_is_one_line_naming_it(hf_folder, tmp_path):
+def _copy_of(hf_folder, tmp_path):
     import shutil
 
-    folder, *_ = hf_folder
-    broken = tmp_path / "broken"
-    shutil.copytree(folder, broken)
+    copy = tmp_path / "copy"
+    shutil.copytree(hf_folder[0], copy)
+    return copy
+
+
+def test_a_truncated_safetensors_file_is_one_line_naming_it(hf_folder, tmp_path):
+    broken = _copy_of(hf_folder, tmp_path)
     data = (broken / "model.safetensors").read_bytes()
     (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(WeightsError, match=r"model\.safetensors: cannot read as safetensors .*truncated"):
@@ -368,11 +372,7 @@ def test_a_truncated_safetensors_file_is_one_line_naming_it(hf_folder, tmp_path)
 
 
 def test_a_malformed_config_json_is_one_line_naming_it(hf_folder, tmp_path):
-    import shutil
-
-    folder, *_ = hf_folder
-    broken = tmp_path / "broken"
-    shutil.copytree(folder, broken)
+    broken = _copy_of(hf_folder, tmp_path)
     (broken / "config.json").write_text('{"num_mel_bins": 64,')
     with pytest.raises(WeightsError, match=r"config\.json: not valid JSON"):
         load_weights(build_model(OURS_SMALL, 5, 64, 128), broken)
@@ -380,11 +380,8 @@ def test_a_malformed_config_json_is_one_line_naming_it(hf_folder, tmp_path):
 
 def test_a_config_whose_label_count_disagrees_with_the_head_is_reported(hf_folder, tmp_path):
     import json
-    import shutil
 
-    folder, *_ = hf_folder
-    other = tmp_path / "other"
-    shutil.copytree(folder, other)
+    other = _copy_of(hf_folder, tmp_path)
     config = json.loads((other / "config.json").read_text())
     config["id2label"] = {str(i): f"c{i}" for i in range(7)}
     (other / "config.json").write_text(json.dumps(config))
