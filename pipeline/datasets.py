@@ -18,6 +18,7 @@ class DatasetProfile:
     n_folds: int = 0  # folds in the corpus (validation takes the fold after the test fold)
     online_reference: tuple[str, str] | None = None  # (student, teacher): also train it with an online teacher
     kd_forms: tuple[str, ...] = ()  # multi-label: compare these KD forms for the first cross-model direction
+    overrides: tuple[str, ...] = ()  # preset settings this corpus needs, applied before the user's
 
 
 PROFILES: dict[str, DatasetProfile] = {
@@ -25,7 +26,7 @@ PROFILES: dict[str, DatasetProfile] = {
                            folds=(1, 2, 3), n_folds=5, online_reference=("ast", "cnn")),
     "demo-multilabel": DatasetProfile("demo-multilabel", "demo", FeatureConfig(num_mel_bins=64, target_frames=200),
                                       "demo", {"multilabel": True}, folds=(1, 2, 3), n_folds=5,
-                                      kd_forms=("softmax-kl", "sigmoid-kl", "bce")),
+                                      kd_forms=("softmax-kl", "sigmoid-kl", "bce"), overrides=("eval.metric=mAP",)),
     "esc50": DatasetProfile("esc50", "esc50", FeatureConfig(target_frames=512), "esc50", folds=(1, 2, 3, 4, 5),
                             n_folds=5),
     "fsd50k": DatasetProfile("fsd50k", "fsd50k", FeatureConfig(target_frames=1024), "fsd50k"),

@@ -114,7 +114,8 @@ def plan(options: RunOptions) -> list[Stage]:
     profile = get_profile(options.dataset)
     run = options.run_dir
     preset_name = options.preset or profile.preset
-    preset = resolve_config(preset_name, options.overrides)
+    settings = [*profile.overrides, *options.overrides]
+    preset = resolve_config(preset_name, settings)
     dask = {"scheduler": options.scheduler, "workers": options.workers}
     device = {"device": options.device}
     manifest_dir, store = str(run / "manifest" / "manifest"), str(run / "features" / "features.zarr")
@@ -128,9 +129,9 @@ def plan(options: RunOptions) -> list[Stage]:
               outputs=["features/features.zarr", "features/features.zarr.bad_clips.csv"]),
     ]
     for group, data_overrides in groups(profile, options.folds, options.val_on_test):
-        config = resolve_config(preset_name, [*options.overrides, *data_overrides])
+        config = resolve_config(preset_name, [*settings, *data_overrides])
         train = {"pretrained_from_hub": options.pretrained_from_hub, **device,
-                 "extra": {"preset": preset_name, "overrides": [*options.overrides, *data_overrides]}}
+                 "extra": {"preset": preset_name, "overrides": [*settings, *data_overrides]}}
         baseline = {**train, "extra": {**train["extra"], "overrides": [
             item for item in train["extra"]["overrides"] if not item.startswith("kd.")]}}  # never read by it
         for fam in configured_families(config):

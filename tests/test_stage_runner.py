@@ -314,3 +314,12 @@ def test_a_rerun_killed_after_an_earlier_failure_shows_as_incomplete(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         graph.run_stage(stage, options.run_dir, options)
     assert graph.state(stage, options.run_dir) == ("incomplete", "started, not finished (killed or running)")
+
+
+def test_the_multi_label_demo_is_scored_by_map_and_compares_kd_forms(tmp_path):
+    options = RunOptions("demo-multilabel", tmp_path / "run", tmp_path / "data", folds=[1])
+    stages_ = {s.name: s for s in plan(options)}
+    assert stages_["fold-1/train-cnn"].params["config"]["eval"]["metric"] == "mAP"
+    forms = {name: s.params["config"]["kd"]["form"] for name, s in stages_.items() if name.startswith(
+        "fold-1/student-cnn-from-ast-")}
+    assert forms == {f"fold-1/student-cnn-from-ast-{form}": form for form in ("softmax-kl", "sigmoid-kl", "bce")}
