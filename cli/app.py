@@ -157,13 +157,9 @@ def evaluate_cmd(checkpoint: Annotated[Path, typer.Argument(help="model checkpoi
                  out: Annotated[Optional[Path], typer.Option(help="write the metrics JSON here")] = None,
                  device: Optional[str] = None) -> None:
     """Score a checkpoint on a split: accuracy; mAP, mAUC, d′ for multi-label data."""
-    from pipeline.stores.chunks import StoreError
     from stages.evaluate import evaluate_checkpoint
 
-    try:
-        result = evaluate_checkpoint(checkpoint, features, split, device=device, out=out)
-    except (StoreError, ValueError, FileNotFoundError) as error:
-        fail(error)
+    result = evaluate_checkpoint(checkpoint, features, split, device=device, out=out)
     result.pop("per_class_ap", None)
     print_json(result)
 
@@ -176,16 +172,12 @@ def cv_cmd(features: Annotated[Path, typer.Option(help="feature store with folds
            weights: Optional[Path] = None, new_head: bool = False, pretrained_from_hub: bool = False,
            device: Optional[str] = None) -> None:
     """K-fold cross-validation (ESC-50): one run per fold, mean ± sample std (ddof=1) of the metric."""
-    from pipeline.stores.chunks import StoreError
     from stages.cv import run_cv
     from stages.train import train
 
-    try:
-        summary = run_cv(train, features, model, out, folds=[int(f) for f in folds.split(",")], preset=preset,
-                         overrides=set_, weights=str(weights) if weights else None, new_head=new_head,
-                         allow_download=pretrained_from_hub, device=device)
-    except (StoreError, ValueError, FileNotFoundError) as error:
-        fail(error)
+    summary = run_cv(train, features, model, out, folds=[int(f) for f in folds.split(",")], preset=preset,
+                     overrides=set_, weights=str(weights) if weights else None, new_head=new_head,
+                     allow_download=pretrained_from_hub, device=device)
     for name in ("last", "best", "wa", "ensemble"):
         if name in summary:
             std = summary[name]["std"]
@@ -202,12 +194,9 @@ def print_config(preset: Preset = "demo", set_: Set = [],
     from pipeline.models.registry import family_of_arch
     from pipeline.training.presets import resolve_config, select_family
 
-    try:
-        config = resolve_config(preset, set_)
-        if model:
-            config = select_family(config, family_of_arch(model).name)
-    except ValueError as error:
-        fail(error)
+    config = resolve_config(preset, set_)
+    if model:
+        config = select_family(config, family_of_arch(model).name)
     typer.echo(dump_config(config), nl=False)
 
 

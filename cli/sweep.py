@@ -6,10 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-
-def _fail(error: Exception) -> None:
-    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=1)
+from cli.common import fail
 
 
 def parse_grid(text: str, option: str) -> list[float]:
@@ -51,7 +48,7 @@ def kd_sweep(
                                weights=str(weights) if weights else None, new_head=new_head,
                                allow_download=pretrained_from_hub, device=device)
     except (StoreError, ValueError, FileNotFoundError) as error:
-        _fail(error)
+        fail(error)
     typer.echo(markdown_table(summary), nl=False)
     typer.echo(f"sweep → {out / 'sweep.json'}")
 
