@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import uuid
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,15 @@ class Manifest:
             for label in labels:
                 out[row, index[label]] = 1
         return out
+
+    def in_store_order(self, seed: int = 0) -> "Manifest":
+        """The same clips in a seeded random order (the row order of a feature store).
+
+        Training reads a store chunk-locally (pipeline.training.sampler), so a store laid out in the
+        manifest's order would give batches of one or two classes wherever the manifest lists clips by
+        class (folder corpora, the demo). A fixed permutation makes every chunk a random sample."""
+        order = np.random.default_rng(seed).permutation(len(self.clips))
+        return dataclasses.replace(self, clips=self.clips.iloc[order])
 
     def validate(self, check_files: bool = True) -> "Manifest":
         """Raise ManifestError naming every offender at once; return self when valid."""

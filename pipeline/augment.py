@@ -49,6 +49,22 @@ def _mask_band(size: int, max_width: int, u_width: torch.Tensor, u_start: torch.
     return (index >= start[:, None]) & (index < end[:, None])
 
 
+def roll_time(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Shift each sample of x [B, T, F] circularly in time by its own shift [B] frames (positive: later),
+    as EfficientAT's and PANNs' roll augmentation does to the waveform."""
+    frames = x.shape[1]
+    source = (torch.arange(frames, device=x.device)[None, :] - shift.to(x.device).long()[:, None]) % frames
+    return torch.gather(x, 1, source[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+def draw_shifts(batch_size: int, max_shift: int, generator: torch.Generator | None) -> torch.Tensor:
+    """[B] circular time shifts, uniform in [−max_shift, max_shift] frames."""
+    if max_shift < 0:
+        raise ValueError(f"time_shift must be >= 0 frames, got {max_shift}")
+    where = generator.device if generator is not None else torch.device("cpu")
+    return torch.randint(-max_shift, max_shift + 1, (batch_size,), generator=generator, device=where).cpu()
+
+
 def spec_augment(
     x: torch.Tensor,
     freq_mask: int,
@@ -153,15 +169,19 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, valid_frames: torch.Tensor |
     """Mixup, then SpecAugment, of a raw log-mel batch x [B, T, F] with targets y [B, K].
 
     `settings` is the config's `augment` section (mixup_rate, mixup_alpha, mixup_mode, freq_mask,
-    time_mask). Every draw comes from `generator`, in this order: mixup pairs and λ, then the masks;
+    time_mask, time_shift); a time shift rolls the result (`roll_time`). Every draw comes from
+    `generator`, in this order: mixup pairs and λ, the masks, then the shifts (only when time_shift > 0);
     the same generator state gives the same batch. `keep` [B] bool marks rows left unmixed (λ = 1),
     e.g. rows a teacher view replaces afterwards.
     """
     perm, lam = mixup_pairs(len(x), float(settings["mixup_rate"]), float(settings["mixup_alpha"]), generator)
     if keep is not None:
         lam = torch.where(keep, torch.ones_like(lam), lam)
-    mixed = mix_features(x, perm, lam, settings["mixup_mode"], valid_frames)
-    mixed = spec_augment(mixed, int(settings["freq_mask"]), int(settings["time_mask"]), generator)
+    if lam.lt(1).any():
+        x = mix_features(x, perm, lam, settings["mixup_mode"], valid_frames)
+    mixed = spec_augment(x.float(), int(settings["freq_mask"]), int(settings["time_mask"]), generator)
+    if int(settings.get("time_shift", 0)) > 0:
+        mixed = roll_time(mixed, draw_shifts(len(x), int(settings["time_shift"]), generator))
     return AugmentedBatch(mixed, mix_targets(y, perm, lam), perm, lam)
 
 
@@ -183,8 +203,11 @@ class ViewSpec:
     mixup_rate: float
     alpha: float
     seed: int
+    time_shift: int = 0  # widest circular time shift, in frames (0: none)
 
     def __post_init__(self) -> None:
+        if self.time_shift < 0:
+            raise ValueError(f"view spec: time_shift must be >= 0, got {self.time_shift}")
         if self.n_views < 1:
             raise ValueError(f"view spec: n_views must be >= 1, got {self.n_views}")
         if self.freq_mask < 0 or self.time_mask < 0:
@@ -200,6 +223,7 @@ class ViewSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ViewSpec":
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {"time_shift": 0, **data}  # stores written before time shifts existed
         if set(data) != names:
             raise ValueError(
                 f"view spec: fields {sorted(data)} do not match the expected {sorted(names)}"
@@ -217,6 +241,7 @@ class ViewParams:
     time_width: int
     partner: str | None
     lam: float
+    shift: int = 0  # circular time shift in frames, applied last
 
 
 CLEAN_VIEW = ViewParams(0, 0, 0, 0, None, 1.0)
@@ -262,7 +287,8 @@ def view_params(
     partner = _draw_partner(rng, clip_id, partner_pool) if u[4] < spec.mixup_rate else None
     if partner is None:
         lam = 1.0
-    return ViewParams(freq_start, freq_width, time_start, time_width, partner, lam)
+    shift = int(rng.integers(-spec.time_shift, spec.time_shift + 1)) if spec.time_shift > 0 else 0
+    return ViewParams(freq_start, freq_width, time_start, time_width, partner, lam, shift)
 
 
 def apply_views(
@@ -275,7 +301,7 @@ def apply_views(
     partner_valid_frames: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Apply views to raw log-mel x [B, T, F]: mix with partner_x [B, T, F] (rows of unmixed views
-    are ignored; None if no view mixes), then the masks, set to `mask_value`. The default 0 is a raw
+    are ignored; None if no view mixes), then the masks, set to `mask_value`, then the time shifts. The default 0 is a raw
     zero, as AST masks before normalising; pass the normalisation mean to get 0 after normalising.
     valid_frames / partner_valid_frames [B] (optional) make the mix padding-aware."""
     if x.dim() != 3 or len(params) != x.shape[0]:
@@ -299,7 +325,9 @@ def apply_views(
     index_f = torch.arange(bins, device=x.device)
     time_band = (index_t >= bounds[:, 0:1]) & (index_t < bounds[:, 1:2])
     freq_band = (index_f >= bounds[:, 2:3]) & (index_f < bounds[:, 3:4])
-    return mixed.masked_fill(time_band[:, :, None] | freq_band[:, None, :], mask_value)
+    masked = mixed.masked_fill(time_band[:, :, None] | freq_band[:, None, :], mask_value)
+    shifts = torch.tensor([p.shift for p in params])
+    return roll_time(masked, shifts) if shifts.any() else masked
 
 
 def apply_view(

@@ -69,7 +69,8 @@ def run_features(manifest_dir: str | os.PathLike, out: str | os.PathLike, *, con
     `min_level`: clips whose peak, or whose spread after removing the mean (DC), is below it are bad.
     """
     check_settings(config, chunk_clips, max_bad_fraction, min_level)
-    manifest = Manifest.load(manifest_dir, check_files=False)  # missing audio is reported per clip below
+    # missing audio is reported per clip below; rows in store order (Manifest.in_store_order)
+    manifest = Manifest.load(manifest_dir, check_files=False).in_store_order()
     out = Path(out)
     with store_lock(out, "features"):
         return _run_locked(manifest, out, config, chunk_clips, scheduler, n_workers, max_bad_fraction,
@@ -91,6 +92,7 @@ def _run_locked(manifest: Manifest, out: Path, config: FeatureConfig, chunk_clip
     run_tasks(compute_chunk, tasks, scheduler=scheduler, n_workers=n_workers, desc="features",
               progress=progress)
     bad = fs.bad_clip_table(group).merge(manifest.clips[["clip_id", "path"]], on="clip_id", how="left")
+    bad = bad.sort_values("clip_id", ignore_index=True)
     bad = bad[["clip_id", "path", "reason"]]
     with write_errors_as_store_errors(bad_clips_path(out)):
         with atomic_path(bad_clips_path(out)) as tmp:

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import os
 import subprocess
@@ -17,6 +18,7 @@ from pipeline.augment import (
     mix_features,
     mix_targets,
     mixup_pairs,
+    roll_time,
     spec_augment,
     step_seeds,
     view_params,
@@ -162,6 +164,42 @@ def test_augment_batch_keeps_rows_unmixed():
     out = augment_batch(x, y, None, {**AUGMENT, "mixup_rate": 1.0, "freq_mask": 0, "time_mask": 0}, _gen(5), keep)
     assert (out.lam[keep] == 1).all() and (out.lam[~keep] < 1).all()
     assert torch.equal(out.x[keep], x[keep]) and torch.equal(out.y[keep], y[keep])
+
+
+def test_roll_time_shifts_each_row_circularly():
+    x = _raw((3, 10, 4))
+    out = roll_time(x, torch.tensor([0, 3, -2]))
+    assert torch.equal(out[0], x[0])
+    assert torch.equal(out[1], torch.roll(x[1], 3, dims=0)) and torch.equal(out[2], torch.roll(x[2], -2, dims=0))
+
+
+def test_augment_batch_time_shift_rolls_after_the_masks_with_the_last_draws():
+    x, y = _raw((8, 40, 16)), torch.eye(4)[torch.arange(8) % 4]
+    plain = augment_batch(x, y, None, AUGMENT, _gen(3))
+    shifted = augment_batch(x, y, None, {**AUGMENT, "time_shift": 12}, _gen(3))
+    replay = _gen(3)
+    mixup_pairs(8, 0.5, 10.0, replay)
+    spec_augment(x, 6, 10, replay)
+    shifts = torch.randint(-12, 13, (8,), generator=replay)
+    assert shifts.abs().max() > 0 and shifts.abs().max() <= 12
+    assert torch.equal(shifted.x, roll_time(plain.x, shifts)) and torch.equal(shifted.y, plain.y)
+
+
+def test_views_with_time_shift_replay_exactly():
+    spec = ViewSpec(n_views=3, freq_mask=8, time_mask=20, mixup_rate=0.0, alpha=10.0, seed=7, time_shift=30)
+    params = [view_params(spec, clip, v, 100, 32, POOL) for clip in POOL for v in (1, 2)]
+    assert all(abs(p.shift) <= 30 for p in params) and len({p.shift for p in params}) > 10
+    no_shift = ViewSpec(**{**spec.to_dict(), "time_shift": 0})
+    for clip in POOL[:5]:  # the shift is the last draw: masks and λ stay those of the unshifted spec
+        a, b = view_params(spec, clip, 1, 100, 32, POOL), view_params(no_shift, clip, 1, 100, 32, POOL)
+        assert (a.time_start, a.time_width, a.freq_start, a.freq_width, a.lam) == \
+               (b.time_start, b.time_width, b.freq_start, b.freq_width, b.lam) and b.shift == 0
+    x = _raw((2, 100, 32))
+    rows = [view_params(spec, "clip1", 1, 100, 32, POOL), view_params(spec, "clip2", 2, 100, 32, POOL)]
+    masked = apply_views(x, None, [dataclasses.replace(p, shift=0) for p in rows])
+    assert torch.equal(apply_views(x, None, rows), roll_time(masked, torch.tensor([p.shift for p in rows])))
+    legacy = {k: v for k, v in no_shift.to_dict().items() if k != "time_shift"}  # stores from before the option
+    assert ViewSpec.from_dict(legacy) == no_shift
 
 
 def test_step_seeds_depend_on_every_coordinate():

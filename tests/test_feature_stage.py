@@ -71,7 +71,7 @@ def test_summary_and_attrs(built):
     attrs = zarr.open_group(store=str(built["store"]), mode="r").attrs
     assert attrs["schema"] == SCHEMA and attrs["complete"] is True
     assert attrs["feature_config"] == CONFIG.to_dict()
-    assert attrs["manifest_hash"] == manifest.hash() and attrs["manifest_name"] == "tiny"
+    assert attrs["manifest_hash"] == manifest.in_store_order().hash()  # the rows in store order and attrs["manifest_name"] == "tiny"
     assert attrs["vocabulary"] == manifest.vocabulary.to_records() and attrs["multilabel"] is False
     assert (attrs["chunk_clips"], attrs["n_chunks"], attrs["n_bad"]) == (CHUNK, 3, 0)
     assert attrs["code_version"] and attrs["created"]
@@ -79,7 +79,8 @@ def test_summary_and_attrs(built):
 
 
 def test_arrays_follow_the_manifest(built):
-    manifest = Manifest.load(built["manifest_dir"])
+    manifest = Manifest.load(built["manifest_dir"]).in_store_order()
+    assert sorted(manifest.clips["clip_id"]) == sorted(Manifest.load(built["manifest_dir"]).clips["clip_id"])
     group = zarr.open_group(store=str(built["store"]), mode="r")
     n = len(manifest)
     assert group["fbank"].shape == (n, 100, 128) and group["fbank"].dtype == np.float16
@@ -99,7 +100,7 @@ def test_arrays_follow_the_manifest(built):
 def test_fbank_and_statistics_match_an_independent_computation(built):
     """Stored rows are the AST loader's fbank rounded to float16 (so within the bound above); padding
     is zero; mean/std are numpy's over the valid frames of every good clip."""
-    manifest = Manifest.load(built["manifest_dir"])
+    manifest = Manifest.load(built["manifest_dir"]).in_store_order()
     stored = zarr.open_group(store=str(built["store"]), mode="r")["fbank"][:]
     reference = reference_features(manifest)
     for row, ref in zip(stored, reference):
@@ -119,13 +120,13 @@ def test_reader_select_and_read(built):
     store = FeatureStore(built["store"])
     assert len(store) == 8 and store.n_classes == 3 and not store.multilabel
     assert store.normalization().to_dict() == {"mean": store.mean, "std": store.std, "divisor": 2.0}
-    ids = lambda spec: store.clip_ids[store.select(spec)].tolist()  # noqa: E731
+    ids = lambda spec: sorted(store.clip_ids[store.select(spec)].tolist())  # noqa: E731
     assert ids("train") == ["a0", "a1", "b0", "c0"]
-    assert ids("val, eval") == ["b1", "c1", "a2", "b2"]
-    assert ids("fold==1") == ["a0", "b0", "c0", "a2"]
-    assert ids("fold!=1") == ["a1", "b1", "c1", "b2"]
+    assert ids("val, eval") == ["a2", "b1", "b2", "c1"]
+    assert ids("fold==1") == ["a0", "a2", "b0", "c0"]
+    assert ids("fold!=1") == ["a1", "b1", "b2", "c1"]
     assert ids("fold!=1&fold!=2") == []
-    assert ids("all") == store.clip_ids.tolist()
+    assert ids("all") == sorted(store.clip_ids.tolist())
     for spec, words in [("test", ["unknown split", "'test'", "eval", "train", "val"]),
                         ("fold==7", ["no clip has fold 7"]), ("fold==x", ["fold==K"])]:
         with pytest.raises(StoreError) as caught:
@@ -155,7 +156,7 @@ def test_incomplete_store_is_refused(tmp_path, tiny_corpus):
 def test_other_manifest_or_settings_need_overwrite(tmp_path, corpus_writer, tiny_clips, scheduler):
     manifest_dir = corpus_writer(tmp_path / "corpus", tiny_clips)
     store = tmp_path / "features.zarr"
-    create_feature_store(store, Manifest.load(manifest_dir), CONFIG, CHUNK)  # as a killed first run leaves it
+    create_feature_store(store, Manifest.load(manifest_dir).in_store_order(), CONFIG, CHUNK)  # as a killed run leaves it
     other = corpus_writer(tmp_path / "other", tiny_clips[:-1])
     with pytest.raises(StoreError, match="another manifest.*--overwrite"):
         run_features(other, store, config=CONFIG, progress=False)
@@ -204,8 +205,10 @@ def test_bad_clips_are_reported_and_gate_completion(tmp_path, corpus_writer, tin
     assert [r.split(":")[0] for r in table["reason"]] == ["unreadable", "missing", "silent"]
     group = zarr.open_group(store=str(store), mode="r")
     assert group.attrs["complete"] is False and group["chunk_done"][:].all()
-    assert np.flatnonzero(~group["ok"][:]).tolist() == [4, 5, 6]
-    assert not group["fbank"][4:7].any() and not group["valid_frames"][4:7].any()
+    bad_rows = np.flatnonzero(~group["ok"][:])
+    assert sorted(read_strings(group["clip_id"])[bad_rows]) == ["corrupt", "missing", "silent"]
+    assert not group["fbank"].get_orthogonal_selection((bad_rows,)).any()
+    assert not group["valid_frames"][:][bad_rows].any()
     with pytest.raises(StoreError, match="incomplete"):
         FeatureStore(store)
 

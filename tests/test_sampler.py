@@ -176,3 +176,26 @@ def test_works_as_dataloader_sampler():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ChunkAwareSampler(20, 4, **kwargs)
+
+
+def test_store_order_mixes_classes_of_a_class_sorted_manifest():
+    """A manifest listed class by class (folder corpora, the demo) would give chunk-local batches of one or
+    two classes; the feature store's row order (Manifest.in_store_order) makes each batch a random sample."""
+    import pandas as pd
+
+    from data_manifests.manifest import Manifest, Vocabulary
+
+    classes, per_class, chunk, batch = 12, 80, 32, 32
+    labels = [f"k{c}" for c in range(classes) for _ in range(per_class)]
+    clips = pd.DataFrame({"clip_id": [f"{l}-{i}" for i, l in enumerate(labels)], "path": "x.wav",
+                          "labels": [[l] for l in labels]})
+    ids = [f"k{c}" for c in range(classes)]
+    manifest = Manifest("sorted", clips, Vocabulary(ids, ids), False, ".")
+    for order, expected in ((manifest, (1, 5)), (manifest.in_store_order(), (8, 12))):
+        store_labels = np.array([ls[0] for ls in order.clips["labels"]])
+        items = list(ChunkAwareSampler(len(store_labels), chunk, seed=0))
+        per_batch = [len(set(store_labels[items[i:i + batch]])) for i in range(0, len(items), batch)]
+        assert expected[0] <= np.median(per_batch) <= expected[1], per_batch
+    again = manifest.in_store_order()
+    assert again.clips["clip_id"].tolist() == manifest.in_store_order().clips["clip_id"].tolist()
+    assert sorted(again.clips["clip_id"]) == sorted(manifest.clips["clip_id"])

@@ -254,7 +254,7 @@ def mismatched(world, tmp_path_factory, corpus_writer, make_tone, scheduler) -> 
 @pytest.mark.parametrize("features, logits, message", [
     pytest.param("settings", "views1", r"logits store does not match: feature store differs \(fingerprint \w+ != "
                  r"\w+: other manifest or feature settings\)\. Recompute it", id="other feature settings"),
-    pytest.param("renamed", "views1", r"clip ids differ \(60 vs 60 clips; first difference at row 6: 'c06' vs "
+    pytest.param("renamed", "views1", r"clip ids differ \(60 vs 60 clips; first difference at row \d+: 'c06' vs "
                  r"'renamed'\)", id="other clip ids"),
     pytest.param("vocabulary", "views1", r"label vocabulary differs at index 2: 'c' vs 'x'", id="other vocabulary"),
     pytest.param("features", "incomplete", r"store is incomplete \(1 of 8 chunks not done\); rerun",

@@ -133,14 +133,15 @@ def test_summary_schema_and_provenance(main):
     assert attrs["vocabulary"] == store.vocabulary
     assert attrs["vocabulary_hash"] == Vocabulary.from_records(store.vocabulary).hash()
     manifest = Manifest.load(main["manifest_dir"])
-    assert attrs["feature_fingerprint"] == store.fingerprint == feature_fingerprint(manifest.hash(), CONFIG)
+    assert attrs["feature_fingerprint"] == store.fingerprint == feature_fingerprint(manifest.in_store_order().hash(), CONFIG)
     assert attrs["feature_store"] == str(main["features"].resolve())
     assert attrs["multilabel"] is False and attrs["code_version"] and attrs["created"]
 
 
 def test_view_zero_is_the_teacher_on_the_clean_normalised_fbank(main):
     store, logits = main["store"], main["logits"]
-    assert not store.ok[5] and not store.read([5]).any()  # the bad clip still has logits (of zeros)
+    bad = store.clip_ids.tolist().index("clip05")
+    assert not store.ok[bad] and not store.read([bad]).any()  # the bad clip still has logits (of zeros)
     x = torch.from_numpy(store.read(np.arange(len(store))))
     np.testing.assert_allclose(logits[:, 0], forward(main["model"], x, main["norm"]), rtol=0, atol=1e-5)
     with_store_norm = forward(main["model"], x, store.normalization())
@@ -172,7 +173,7 @@ def test_logits_store_refuses_other_features_clips_and_vocabulary(main, others):
     with pytest.raises(StoreError) as caught:
         logits.check_matches(FeatureStore(others["settings"]))
     assert "feature store differs (fingerprint" in str(caught.value) and "clip ids" not in str(caught.value)
-    with pytest.raises(StoreError, match=r"clip ids differ \(24 vs 24 clips; first difference at row 6: "
+    with pytest.raises(StoreError, match=r"clip ids differ \(24 vs 24 clips; first difference at row \d+: "
                                          r"'clip06' vs 'renamed'\)"):
         logits.check_matches(FeatureStore(others["renamed"]))
     vocabulary = [dict(record) for record in main["store"].vocabulary]

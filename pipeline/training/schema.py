@@ -86,6 +86,7 @@ class AugmentSection:
     mixup_rate: float = 0.0  # share of clips mixed with another
     mixup_alpha: float = 10.0  # mixup weight ~ Beta(alpha, alpha)
     mixup_mode: str = "power"  # power (waveform-equivalent) | logmel
+    time_shift: int = 0  # widest circular time shift (roll), in frames (0: none)
 
 
 @dataclass(frozen=True)
