@@ -23,6 +23,7 @@ def teacher_logits(
     mixup_rate: Annotated[float, typer.Option(help="share of views mixed with a partner of the same split")] = 0.5,
     mixup_alpha: Annotated[float, typer.Option(help="λ ~ Beta(alpha, alpha)")] = 10.0,
     time_shift: Annotated[int, typer.Option(help="max circular time shift of a view (frames)")] = 0,
+    mask_fill: Annotated[str, typer.Option(help="masked cells: zero (raw 0, AST) | mean (the store mean)")] = "zero",
     mix_mode: Annotated[str, typer.Option(help="power | logmel (must match the student's augment.mixup_mode)")]
     = "power",
     chunk_clips: Annotated[Optional[int], typer.Option(help="clips per chunk = per task "
@@ -50,7 +51,8 @@ def teacher_logits(
         typer.echo(f"features: {features} (recorded in {checkpoint})")
 
     params = {"views": {"n_views": views, "freq_mask": freq_mask, "time_mask": time_mask, "mixup_rate": mixup_rate,
-                        "alpha": mixup_alpha, "seed": view_seed, "time_shift": time_shift}, "mix_mode": mix_mode, "chunk_clips": chunk_clips}
+                        "alpha": mixup_alpha, "seed": view_seed, "time_shift": time_shift,
+                        "mask_fill": mask_fill}, "mix_mode": mix_mode, "chunk_clips": chunk_clips}
     try:
         summary = stage_runner.teacher_logits(
             params, {"features": str(features), "checkpoint": str(checkpoint), "out": str(out)},

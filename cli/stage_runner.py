@@ -64,6 +64,7 @@ def teacher_logits(params: Settings, io: Settings, runtime: Settings) -> dict[st
                               view_seed=int(views["seed"]), freq_mask=int(views["freq_mask"]),
                               time_mask=int(views["time_mask"]), mixup_rate=float(views["mixup_rate"]),
                               mixup_alpha=float(views["alpha"]), time_shift=int(views.get("time_shift", 0)),
+                              mask_fill=views.get("mask_fill", "zero"),
                               mix_mode=params["mix_mode"],
                               chunk_clips=params.get("chunk_clips"), batch_size=int(runtime.get("batch_size", 32)),
                               scheduler=_scheduler(runtime), n_workers=runtime.get("workers"),

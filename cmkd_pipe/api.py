@@ -65,7 +65,7 @@ def teacher_logits(checkpoint: PathLike, out: PathLike, *, features: PathLike | 
                    **view_options: Any) -> dict[str, Any]:
     """Cache a teacher's logits over a feature store (default: the one it was trained on); a summary dict.
 
-    `view_options`: view_seed, freq_mask, time_mask, mixup_rate, mixup_alpha, time_shift, mix_mode, chunk_clips
+    `view_options`: view_seed, freq_mask, time_mask, mixup_rate, mixup_alpha, time_shift, mask_fill, mix_mode, chunk_clips
     (as `cmkd-pipe teacher-logits`).
     """
     if features is None:

@@ -32,6 +32,14 @@ import numpy as np
 import torch
 
 MIX_MODES = ("power", "logmel")
+MASK_FILLS = ("zero", "mean")  # what masked cells hold: raw 0 (AST) or the store mean (0 after normalising)
+
+
+def mask_fill_value(fill: str, mean: float) -> float:
+    """The raw log-mel value SpecAugment writes into masked cells for `fill` given the store's mean."""
+    if fill not in MASK_FILLS:
+        raise ValueError(f"mask fill {fill!r} is unknown; choose one of {', '.join(MASK_FILLS)}")
+    return 0.0 if fill == "zero" else float(mean)
 
 
 def _uniform(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -169,7 +177,8 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, valid_frames: torch.Tensor |
     """Mixup, then SpecAugment, of a raw log-mel batch x [B, T, F] with targets y [B, K].
 
     `settings` is the config's `augment` section (mixup_rate, mixup_alpha, mixup_mode, freq_mask,
-    time_mask, time_shift); a time shift rolls the result (`roll_time`). Every draw comes from
+    time_mask, time_shift, and `mask_value`, the raw value of masked cells, default 0); a time shift rolls
+    the result (`roll_time`). Every draw comes from
     `generator`, in this order: mixup pairs and λ, the masks, then the shifts (only when time_shift > 0);
     the same generator state gives the same batch. `keep` [B] bool marks rows left unmixed (λ = 1),
     e.g. rows a teacher view replaces afterwards.
@@ -179,7 +188,8 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, valid_frames: torch.Tensor |
         lam = torch.where(keep, torch.ones_like(lam), lam)
     if lam.lt(1).any():
         x = mix_features(x, perm, lam, settings["mixup_mode"], valid_frames)
-    mixed = spec_augment(x.float(), int(settings["freq_mask"]), int(settings["time_mask"]), generator)
+    mixed = spec_augment(x.float(), int(settings["freq_mask"]), int(settings["time_mask"]), generator,
+                         float(settings.get("mask_value", 0.0)))
     if int(settings.get("time_shift", 0)) > 0:
         mixed = roll_time(mixed, draw_shifts(len(x), int(settings["time_shift"]), generator))
     return AugmentedBatch(mixed, mix_targets(y, perm, lam), perm, lam)
@@ -204,8 +214,10 @@ class ViewSpec:
     alpha: float
     seed: int
     time_shift: int = 0  # widest circular time shift, in frames (0: none)
+    mask_fill: str = "zero"  # masked cells: raw 0 (AST) or the store mean (MASK_FILLS)
 
     def __post_init__(self) -> None:
+        mask_fill_value(self.mask_fill, 0.0)  # a clear error for an unknown fill
         if self.time_shift < 0:
             raise ValueError(f"view spec: time_shift must be >= 0, got {self.time_shift}")
         if self.n_views < 1:
@@ -223,7 +235,7 @@ class ViewSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ViewSpec":
         names = {f.name for f in dataclasses.fields(cls)}
-        data = {"time_shift": 0, **data}  # stores written before time shifts existed
+        data = {"time_shift": 0, "mask_fill": "zero", **data}  # stores written before these options
         if set(data) != names:
             raise ValueError(
                 f"view spec: fields {sorted(data)} do not match the expected {sorted(names)}"

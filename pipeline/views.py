@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pipeline.augment import ViewParams, ViewSpec, apply_views, view_params
+from pipeline.augment import ViewParams, ViewSpec, apply_views, mask_fill_value, view_params
 from pipeline.stores.feature_store import FeatureStore
 from pipeline.stores.chunk_cache import ChunkCache
 
@@ -22,6 +22,7 @@ class ViewBuilder:
         self.spec = spec
         self.cache = cache
         self.mix_mode = mix_mode
+        self.mask_value = mask_fill_value(spec.mask_fill, store.mean)
         self.row_of = {clip: row for row, clip in enumerate(store.clip_ids)}
         good = store.ok
         self.pools = {split: store.clip_ids[good & (store.splits == split)].tolist()
@@ -48,6 +49,6 @@ class ViewBuilder:
             safe = np.where(partners >= 0, partners, np.asarray(rows))
             partner_x = torch.from_numpy(self.cache.rows(safe))
             partner_valid = self.store.valid_frames[safe]
-        out = apply_views(torch.from_numpy(x), partner_x, params, self.mix_mode,
+        out = apply_views(torch.from_numpy(x), partner_x, params, self.mix_mode, self.mask_value,
                           valid_frames=valid, partner_valid_frames=partner_valid)
         return out.float(), partners, lam

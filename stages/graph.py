@@ -194,12 +194,12 @@ def _train_stage(name: str, fam: str, config: dict[str, Any], store: str, run: P
 
 def _views(config: dict[str, Any]) -> dict[str, Any]:
     """Teacher-logits settings from a (family-selected) training config: K views, each with the preset's
-    SpecAugment, mixup (rate, α, mixing domain) and time shift, so a student replays exactly what it trains on."""
+    SpecAugment (and its mask fill), mixup (rate, α, mixing domain) and time shift, so a student replays exactly what it trains on."""
     aug, kd = config["augment"], config["kd"]
     return {"views": {"n_views": int(kd["views"]), "freq_mask": int(aug["freq_mask"]),
                       "time_mask": int(aug["time_mask"]), "mixup_rate": float(aug["mixup_rate"]),
                       "alpha": float(aug["mixup_alpha"]), "seed": int(config["train"]["seed"]),
-                      "time_shift": int(aug.get("time_shift", 0))},
+                      "time_shift": int(aug.get("time_shift", 0)), "mask_fill": aug.get("mask_fill", "zero")},
             "mix_mode": aug["mixup_mode"]}
 
 

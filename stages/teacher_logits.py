@@ -60,7 +60,7 @@ class ChunkTask:
 
 def run_teacher_logits(features: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.PathLike, *,
                        views: int = 1, view_seed: int = 0, freq_mask: int = 48, time_mask: int = 192,
-                       mixup_rate: float = 0.5, mixup_alpha: float = 10.0, time_shift: int = 0,
+                       mixup_rate: float = 0.5, mixup_alpha: float = 10.0, time_shift: int = 0, mask_fill: str = "zero",
                        mix_mode: str = "power",
                        chunk_clips: int | None = None, batch_size: int = 32, scheduler: str | None = None,
                        n_workers: int | None = None, device: str | None = None, overwrite: bool = False,
@@ -76,7 +76,7 @@ def run_teacher_logits(features: str | os.PathLike, checkpoint: str | os.PathLik
     for name, value in (("batch_size", batch_size), ("chunk_clips", chunk_clips)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    spec = ViewSpec(views, freq_mask, time_mask, mixup_rate, mixup_alpha, view_seed, time_shift)
+    spec = ViewSpec(views, freq_mask, time_mask, mixup_rate, mixup_alpha, view_seed, time_shift, mask_fill)
     device = _device(device)
     store = FeatureStore(features)
     teacher = _teacher_provenance(checkpoint, store, mix_mode)

@@ -87,6 +87,7 @@ class AugmentSection:
     mixup_alpha: float = 10.0  # mixup weight ~ Beta(alpha, alpha)
     mixup_mode: str = "power"  # power (waveform-equivalent) | logmel
     time_shift: int = 0  # widest circular time shift (roll), in frames (0: none)
+    mask_fill: str = "zero"  # masked cells: zero (raw 0, as AST) | mean (the store mean: 0 after normalising)
 
 
 @dataclass(frozen=True)

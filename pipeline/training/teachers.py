@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.augment import ViewSpec, augment_batch
+from pipeline.augment import ViewSpec, augment_batch, mask_fill_value
 from pipeline.config import Normalization
 from pipeline.features import normalize
 from pipeline.models.checkpoint import check_compatible, load_checkpoint
@@ -54,7 +54,7 @@ class TeacherSource:
 
     def __init__(self, store: FeatureStore, augment: dict[str, Any], device: torch.device) -> None:
         self.store = store
-        self.augment = augment
+        self.augment = {**augment, "mask_value": mask_fill_value(augment.get("mask_fill", "zero"), store.mean)}
         self.device = device
         self.info: dict[str, Any] | None = None  # the teacher's identity, recorded in results.json
 
@@ -72,7 +72,11 @@ class NoTeacher(TeacherSource):
 
 
 class CachedTeacher(TeacherSource):
-    """KD targets from a logits store, replaying the teacher's views exactly."""
+    """KD targets from a logits store, replaying the teacher's views exactly.
+
+    With K > 1 cached views the student sees only those: each clip draws a view, view 0 being the clean,
+    unmixed input. With one (clean) view the student gets its own mixup and SpecAugment, taught by the
+    clean logits (mixed by the same λ): the cheap mode, whose inconsistency the demo measures."""
 
     role = "student"
 
@@ -102,6 +106,11 @@ class CachedTeacher(TeacherSource):
         clean = self.logits.rows(batch.indices)  # [B, V, K]
         base = self.teacher_probs(torch.from_numpy(clean[:, 0]))
         teacher_p = out.lam[:, None] * base + (1 - out.lam[:, None]) * base[out.perm]
+        if self.views.spec.n_views > 1:  # only cached views: view-0 rows are the clean input the teacher saw
+            clean_rows = (~viewed).nonzero().flatten()
+            x[clean_rows] = torch.from_numpy(batch.x[clean_rows.numpy()]).to(x.dtype)
+            targets[clean_rows] = y[clean_rows].to(targets.dtype)
+            teacher_p[clean_rows] = base[clean_rows]
         rows = viewed.nonzero().flatten()
         if len(rows):
             sel = rows.numpy()
