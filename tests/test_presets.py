@@ -168,3 +168,20 @@ def test_a_config_may_declare_any_subset_of_the_families():
 def test_printed_config_round_trips():
     config = resolve_config("audioset-balanced", ["kd.tau=2.5"])
     assert yaml.safe_load(dump_config(config)) == config
+
+
+def test_published_statistics_far_from_the_store_warn_once_with_both_numbers():
+    """Measured on real drum recordings: store −10.4/4.8 against ESC-50's published −6.6/5.4."""
+    from types import SimpleNamespace
+
+    from pipeline.config import PUBLISHED_STATS
+    from pipeline.training.setup import normalization, stats_mismatch
+
+    message = stats_mismatch("esc50", PUBLISHED_STATS["esc50"], (-10.4, 4.8))
+    assert message and "-10.40/4.80" in message and "-6.63/5.36" in message and "norm.source=store" in message
+    assert stats_mismatch("esc50", PUBLISHED_STATS["esc50"], (-6.0, 5.0)) is None  # close enough
+    assert stats_mismatch("esc50", (-6.6, 5.4), (-6.6, 3.0)) is not None  # same mean, std far off
+    store = SimpleNamespace(mean=-10.4, std=4.8)
+    with pytest.warns(UserWarning, match="differ from the published esc50"):
+        norm = normalization({"source": "published", "published_stats": "esc50", "divisor": 2.0}, store)
+    assert (norm.mean, norm.std) == PUBLISHED_STATS["esc50"]

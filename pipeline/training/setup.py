@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +86,30 @@ def check_feature_settings(config: dict[str, Any], store: FeatureStore) -> None:
                              f"has {getattr(have, key)}; rebuild the features or override features.{key}")
 
 
+# published statistics "differ" from a store's when the means are more than half a std apart or the stds
+# more than 25 % apart: then the normalised input is off-centre or mis-scaled by more than augmentation does
+STATS_MEAN_MARGIN, STATS_STD_RATIO = 0.5, 1.25
+
+
+def stats_mismatch(name: str, published: tuple[float, float], measured: tuple[float, float]) -> str | None:
+    """A one-line warning when a feature store's measured mean/std differ from the published ones."""
+    (p_mean, p_std), (m_mean, m_std) = published, measured
+    ratio = max(p_std, m_std) / max(min(p_std, m_std), 1e-12)
+    if abs(p_mean - m_mean) <= STATS_MEAN_MARGIN * p_std and ratio <= STATS_STD_RATIO:
+        return None
+    return (f"norm: the feature store's mean/std {m_mean:.2f}/{m_std:.2f} differ from the published {name} "
+            f"statistics {p_mean:.2f}/{p_std:.2f} used to normalise (more than {STATS_MEAN_MARGIN} std apart "
+            f"or a std ratio over {STATS_STD_RATIO}); set norm.source=store to use the store's own")
+
+
 def normalization(norm: dict[str, Any], store: FeatureStore) -> Normalization:
     if norm["source"] == "store":
         return store.normalization(float(norm["divisor"]))
     if norm["source"] == "published":
         mean, std = PUBLISHED_STATS[norm["published_stats"]]
+        mismatch = stats_mismatch(norm["published_stats"], (mean, std), (store.mean, store.std))
+        if mismatch:
+            warnings.warn(mismatch, stacklevel=2)
         return Normalization(mean, std, float(norm["divisor"]))
     raise ValueError(f"norm.source must be 'store' or 'published', got {norm['source']!r}")
 
