@@ -82,7 +82,8 @@ def test_audioset_balanced_and_fsd50k_follow_their_recipes():
 def test_demo_is_small():
     demo = load_preset("demo")
     assert demo["features"] == {"target_frames": 200, "num_mel_bins": 64}
-    assert demo["train"]["epochs"] == {"cnn": 16, "ast": 60} and demo["data"]["batch_size"] == 32  # ~1 core-min each
+    assert demo["train"]["epochs"] == {"cnn": 20, "ast": 100} and demo["data"]["batch_size"] == 32  # ~1 core-min each
+    assert demo["augment"]["time_shift"] > 0 and demo["augment"]["mask_fill"] == "mean" and demo["kd"]["views"] >= 2
     assert (demo["data"]["val"], demo["data"]["test"]) == ("fold==2", "fold==1")  # never choose on the test fold
     assert demo["model"]["cnn"]["arch"] == "timm:test_efficientnet" and demo["model"]["cnn"]["pooling"] == "mean"
     assert (demo["model"]["ast"]["embed_dim"], demo["model"]["ast"]["depth"]) == (64, 2)
