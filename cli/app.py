@@ -325,9 +325,10 @@ def run_stage_cmd(folder: Annotated[Path, typer.Argument(help="a stage folder ho
 
 def _register_stage_commands() -> None:
     """Commands whose argument parsing lives beside their stage's CLI module."""
-    from cli import logits, report, sweep, tag
+    from cli import logits, report, sweep, tag, teachers
 
     logits.register(app)
+    teachers.register(app)
     report.register(app)
     sweep.register(app)
     tag.register(app)
