@@ -11,6 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +27,7 @@ from typer.testing import CliRunner
 
 from ast_oracle import hf_to_official
 from cli.app import app
+from faults import REPO, cli, stage_env
 from data_manifests.fsd50k import build_fsd50k
 from fsd50k_tree import TINY, VOCABULARY, write_fsd50k
 from pipeline.config import PUBLISHED_STATS, FeatureConfig, Normalization
@@ -31,7 +38,9 @@ from pipeline.models.checkpoint import file_sha256, load_checkpoint
 from pipeline.stores.chunks import StoreError
 from pipeline.stores.feature_store import FeatureStore
 from pipeline.stores.logits_store import LogitsStore
+from stages.evaluate import evaluate_checkpoint
 from stages.features import run_features
+from stages.graph import RunOptions, make_rules, plan, status_rows
 from stages.import_teacher import run_import_teacher
 from stages.teacher_logits import inspect_logits, run_teacher_logits
 from stages.train import train
@@ -49,6 +58,7 @@ HF_SMALL = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
             "max_length": 128, "num_mel_bins": 128, "patch_size": 16, "frequency_stride": 16, "time_stride": 16,
             "layer_norm_eps": EPS}
 STUDENT = [*TINY, "features.target_frames=128"]
+VENV = Path(sys.executable).parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -245,11 +255,11 @@ def test_the_logits_store_holds_only_the_mapped_classes_and_records_the_map(corp
     np.testing.assert_allclose(np.asarray(logits.logits[:, 0]), oracle.numpy(), atol=1e-5)
     report = inspect_logits(mapped_logits / "logits.zarr")
     assert report["class_map"] == {"mapped": 3, "classes": 4} and report["metrics"]["eval"]["n_clips"] == 4
+    scored = evaluate_checkpoint(mapped_logits / "teacher.pt", store.path, "eval", device="cpu")
+    assert scored["mapped_classes"] == 3 and len(scored["per_class_ap"]) == 3 and scored["n_clips"] == 4
 
 
 def test_a_class_map_that_does_not_fit_the_columns_is_refused(corpus, mapped_logits, tmp_path):
-    import shutil
-
     root, store = corpus
     broken = tmp_path / "logits.zarr"
     shutil.copytree(mapped_logits / "logits.zarr", broken)
@@ -323,3 +333,74 @@ def test_unmapped_list_names_the_first_ten_and_counts_the_rest():
     text = label_map.describe_unmapped(corpus)
     assert text.startswith("13 of 14 corpus classes have no teacher label: /m/c1 (class 1), ")
     assert "/m/c10 (class 10)" in text and "/m/c11" not in text and text.endswith("(+3 more)")
+
+
+# ------------------------------------------------------------------------------------- stage graph
+
+
+def test_a_published_teacher_replaces_its_family_s_trained_teacher_in_the_graph(published, tmp_path):
+    folder, official, labels, _ = published
+    run = tmp_path / "run"
+    options = RunOptions(dataset="fsd50k", run_dir=run, data_root=tmp_path / "data", overrides=["kd.tau=2.0"],
+                         teachers=[str(folder)], allow_unmapped=True)
+    stages = {stage.name: stage for stage in plan(options)}
+    assert "import-ast" in stages and "main/train-ast" not in stages and "main/train-cnn" in stages
+    imported = stages["import-ast"]
+    assert imported.kind == "import-teacher" and imported.deps == ["features"]
+    assert imported.io["weights"] == str(folder.resolve()) and imported.params["allow_unmapped"] is True
+    assert stages["main/logits-ast"].deps == ["import-ast"]
+    assert stages["main/logits-ast"].io["checkpoint"] == str(run / "import-ast" / "teacher.pt")
+    assert stages["main/student-cnn-from-ast"].deps == ["features", "main/logits-ast"]
+    assert stages["main/student-ast-from-cnn"].deps == ["features", "main/logits-cnn"]
+    rules = make_rules(options, "cmkd-pipe")
+    assert f"--teacher '{folder}' --allow-unmapped" in rules and "stage-import-teacher: " in rules
+    other = RunOptions(dataset="fsd50k", run_dir=run, data_root=tmp_path / "data", overrides=["kd.tau=3.0"],
+                       teachers=[str(folder)], allow_unmapped=True)
+    assert {s.name: s for s in plan(other)}["import-ast"].identity() == imported.identity()  # a KD setting
+    pth = {s.name for s in plan(RunOptions(dataset="fsd50k", run_dir=run, data_root=tmp_path / "data",
+                                           teachers=[f"ast={official}"], teacher_labels=str(labels)))}
+    assert "import-ast" in pth and "main/train-ast" not in pth
+    with pytest.raises(ValueError, match="a ast model, but the recipe's families|second ast teacher"):
+        plan(RunOptions(dataset="fsd50k", run_dir=run, data_root=tmp_path / "data",
+                        teachers=[str(folder), str(official)]))
+    with pytest.raises(ValueError, match="is not a Hugging Face AST model"):
+        plan(RunOptions(dataset="fsd50k", run_dir=run, data_root=tmp_path / "data", teachers=[str(tmp_path)]))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU Make")
+def test_make_teacher_logits_with_a_published_teacher_then_the_card_s_student_command(published, tmp_path,
+                                                                                     scheduler):
+    """`make teacher-logits DATASET=fsd50k TEACHER=path` imports the AST (no AST training), trains only the CNN
+    teacher, writes both logit stores; `cmkd-pipe train-student --logits STORE` then works as written; touching
+    the weights makes exactly the import and what follows it stale, naming the file."""
+    folder = published[0]
+    data, run = tmp_path / "FSD50K", tmp_path / "run"
+    write_fsd50k(data)
+    env = {k: v for k, v in stage_env(LC_ALL="C").items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    made = subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "-o", f"{VENV}/.installed",
+                           "teacher-logits", f"VENV={VENV}", "DATASET=fsd50k", f"DATA_ROOT={data}", f"RUN_DIR={run}",
+                           f"SET={' '.join(TINY)}", f"SCHEDULER={scheduler}", f"TEACHER={folder}", "ALLOW_UNMAPPED=1"],
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    done = sorted(str(p.parent.relative_to(run)) for p in run.rglob("stage.json"))
+    assert done == ["features", "import-ast", "main/logits-ast", "main/logits-cnn", "main/train-cnn", "manifest"]
+    store = LogitsStore(run / "main" / "logits-ast" / "logits.zarr")
+    assert store.logits.shape == (16, 1, 3) and store.class_map.tolist() == [0, 1, 2]
+    assert store.attrs["teacher"]["checkpoint"] == str(run / "import-ast" / "teacher.pt")
+
+    student = subprocess.run(cli("train-student", "--logits", str(run / "main" / "logits-ast" / "logits.zarr")),
+                             cwd=REPO, env=stage_env(), capture_output=True, text=True, timeout=900)
+    assert student.returncode == 0, student.stdout[-3000:] + student.stderr[-3000:]
+    assert "student cnn ← ast teacher" in student.stdout and "preset fsd50k" in student.stdout
+    predictions = np.load(run / "main" / "logits-ast" / "student-cnn-from-ast" / "test_predictions.npz")
+    assert predictions["teacher_classes"].tolist() == [0, 1, 2]
+
+    options = RunOptions(dataset="fsd50k", run_dir=run, data_root=data, overrides=TINY, teachers=[str(folder)],
+                         allow_unmapped=True)
+    assert {row["stage"]: row["status"] for row in status_rows(options)}["import-ast"] == "done"
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    rows = {row["stage"]: row for row in status_rows(options)}
+    assert rows["import-ast"]["status"] == "stale" and "model.safetensors" in rows["import-ast"]["detail"]
+    assert rows["main/logits-ast"]["status"] == "stale" and rows["main/train-cnn"]["status"] == "done"

@@ -49,11 +49,11 @@ def family_of_weights(path: str | Path) -> str:
     if not path.exists():
         raise ValueError(f"teacher weights {path}: no such file or folder")
     if path.is_dir():
-        config = _json(path / "config.json")
+        config = _json(path / "config.json") if (path / "config.json").is_file() else {}
         if config.get("model_type") == HF_AST_MODEL_TYPE:
             return _family_of_format("ast-hf", path)
         raise ValueError(f"teacher weights {path}: a folder that is not a Hugging Face AST model (config.json "
-                         f"model_type {config.get('model_type')!r}); give FAMILY=PATH to say which family it is")
+                         f"model_type {config.get('model_type')!r}); give the model folder or a weights file")
     content = read_structure(path)
     if isinstance(content, dict) and content.get("format") == CHECKPOINT_FORMAT:
         return family_of_arch(content.get("model_config", {}).get("arch")).name

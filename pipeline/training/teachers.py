@@ -149,6 +149,7 @@ class OnlineTeacher(TeacherSource):
         super().__init__(store, augment, dist.device)
         model, meta = load_checkpoint(checkpoint, map_location=dist.device)
         label_map = check_compatible(meta, store.feature_config.to_dict(), store.vocabulary)
+        self.columns: torch.Tensor | None = None  # the teacher outputs of `kd_classes` (a label map's), None: all
         if label_map is not None:
             self.kd_classes = np.asarray(label_map.corpus_classes, dtype=np.int64)
             self.columns = torch.tensor(label_map.teacher_columns, device=dist.device)
@@ -158,8 +159,6 @@ class OnlineTeacher(TeacherSource):
         self.dist, self.batch_size, self.amp = dist, batch_size, amp
         self.info = _with_run({"checkpoint": str(checkpoint), "model_config": meta["model_config"]})
         self._test: tuple[np.ndarray, np.ndarray] | None = None
-
-    columns: torch.Tensor | None = None  # the teacher outputs of `kd_classes` (a label map's), None: all
 
     def inputs(self, batch: Batch, generator: torch.Generator) -> TrainInputs:
         plain = super().inputs(batch, generator)
