@@ -10,7 +10,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 
 def _check(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +64,8 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
 def roc_auc(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Per-class ROC AUC [C] (Mann-Whitney with average ranks for ties, as sklearn's trapezoid);
     NaN for a class without positives or without negatives."""
+    from scipy import stats  # here, not at import: scipy.stats costs ~1 s of every training's start-up
+
     scores, targets = _check(scores, targets)
     positive = _binary(targets)
     ranks = stats.rankdata(scores, method="average", axis=0)
@@ -78,7 +79,9 @@ def roc_auc(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 def d_prime(auc: float | np.ndarray) -> float | np.ndarray:
     """Sensitivity index d′ = √2 · Φ⁻¹(AUC)."""
-    return math.sqrt(2.0) * stats.norm.ppf(auc)
+    from scipy.special import ndtri  # Φ⁻¹
+
+    return math.sqrt(2.0) * ndtri(auc)
 
 
 def _json_float(value: float) -> float | None:

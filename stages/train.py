@@ -12,6 +12,7 @@ Launch under torchrun for DDP (one process per device): every rank trains, rank 
 """
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -19,9 +20,7 @@ from typing import Any
 
 from pipeline.config import dump_config
 from pipeline.metrics import summarize
-from pipeline.models.checkpoint import load_checkpoint
 from pipeline.records import copy_atomic, save_npz_atomic, write_json_atomic, write_text_atomic
-from pipeline.training.averaging import average_state_dicts
 from pipeline.training.distributed import barrier, init_distributed, shutdown
 from pipeline.models.registry import family_of_arch
 from pipeline.training.engine import FitOutcome, Trainer, TrainRequest, wa_range
@@ -98,16 +97,13 @@ def write_run_folder(trainer: Trainer, outcome: FitOutcome, logger: RunLogger | 
     results: dict[str, Any] = {"arch": trainer.checkpoint_meta["extra"]["arch"], "metric": trainer.metric,
                                "epochs": trainer.epochs, "multilabel": store.multilabel, "n_test": int(len(test)),
                                "last": last, "best": {"epoch": outcome.best["epoch"], **outcome.best.get("test", {})}}
-    wa_start, wa_end = wa_range(trainer.config)
-    paths = [out / "checkpoints" / f"epoch_{e:03d}.pt" for e in range(wa_start, wa_end + 1)]
-    paths = [p for p in paths if p.is_file()]
     export = "last"
     final_scores = trainer.predict(test)
-    if paths:
-        wa_model, _ = load_checkpoint(paths[-1], map_location=trainer.device)
-        wa_model.load_state_dict(average_state_dicts(paths, key="state_dict"))
+    if outcome.weight_average.count:
+        wa_model = copy.deepcopy(trainer.core)
+        wa_model.load_state_dict(outcome.weight_average.average())
         wa_metrics, final_scores = trainer.evaluate(test, wa_model)
-        results["wa"] = {"epochs": [wa_start, wa_end], **wa_metrics}
+        results["wa"] = {"epochs": list(wa_range(trainer.config)), **wa_metrics}
         trainer.save_model(out / "wa.pt", wa_model)
         export = "wa"
     if outcome.ensemble.count:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.training.averaging import EnsembleAccumulator, average_state_dicts, load_state_dict_file
+from pipeline.training.averaging import EnsembleAccumulator, WeightAverage, average_state_dicts, load_state_dict_file
 
 
 def small_model(seed: int) -> torch.nn.Module:
@@ -98,3 +98,26 @@ def test_ensemble_state_survives_a_weights_only_checkpoint(tmp_path):
     restored.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True)["ensemble"])
     restored.add(np.zeros((2, 2)), clip_ids=["x", "y"])
     np.testing.assert_allclose(restored.mean(), np.full((2, 2), 0.5))
+
+
+def test_running_weight_average_matches_the_file_average_and_survives_a_round_trip(tmp_path):
+    torch.manual_seed(0)
+    states = [{"w": torch.randn(3, 4), "h": torch.randn(2).half(), "n": torch.tensor(k)} for k in range(3)]
+    running = WeightAverage()
+    running.add(states[0])
+    saved = tmp_path / "state.pt"
+    torch.save({"wa": running.state_dict()}, saved)
+    resumed = WeightAverage()
+    resumed.load_state_dict(torch.load(saved, weights_only=True)["wa"])  # a resume state loads weights-only
+    for state in states[1:]:
+        resumed.add(state)
+    expected = average_state_dicts(states)
+    got = resumed.average()
+    assert resumed.count == 3 and got.keys() == expected.keys()
+    for name in expected:
+        assert got[name].dtype == states[0][name].dtype and torch.equal(got[name], expected[name]), name
+    assert int(got["n"]) == 2  # integer buffers: the last state's
+    with pytest.raises(ValueError, match="nothing added"):
+        WeightAverage().average()
+    with pytest.raises(ValueError, match="differ"):
+        resumed.add({"other": torch.zeros(1)})

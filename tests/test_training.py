@@ -31,6 +31,7 @@ from pipeline.config import FeatureConfig, Normalization
 from pipeline.features import normalize
 from pipeline.models.checkpoint import load_checkpoint
 from pipeline.stores.feature_store import FeatureStore, create_feature_store
+from pipeline.training.averaging import WeightAverage
 from pipeline.training.presets import resolve_config
 from stages.evaluate import evaluate_checkpoint
 from stages.features import run_features
@@ -97,15 +98,29 @@ def trained(data):
         if arch not in runs:
             out = data["root"] / f"run-{arch.replace(':', '-')}"
             overrides = LEARN if arch in LEARNERS else []
-            runs[arch] = out, train(data["store"], arch, out, preset="smoke", overrides=overrides, progress=False)
+            epochs: list[dict[str, torch.Tensor]] = []  # the states the running weight average is fed
+            add = WeightAverage.add
+
+            def recording(self, state, name=None):
+                epochs.append({k: v.detach().clone() for k, v in state.items()})
+                add(self, state, name)
+
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(WeightAverage, "add", recording)
+                results = train(data["store"], arch, out, preset="smoke", overrides=overrides, progress=False)
+            torch.save(epochs, data["root"] / f"wa-epochs-{arch.replace(':', '-')}.pt")
+            runs[arch] = out, results
         return runs[arch]
 
     return get
 
 
-def checkpoint_scores(path: Path, store: FeatureStore, rows: np.ndarray) -> np.ndarray:
-    """Class probabilities of a checkpoint on store rows, computed here from the checkpoint's own parts."""
+def checkpoint_scores(path: Path, store: FeatureStore, rows: np.ndarray, state: dict | None = None) -> np.ndarray:
+    """Class probabilities of a checkpoint (with other weights `state`, if given) on store rows, computed
+    here from the checkpoint's own parts."""
     model, meta = load_checkpoint(path)
+    if state is not None:
+        model.load_state_dict(state)
     x = normalize(torch.from_numpy(store.read(rows)), Normalization.from_dict(meta["normalization"]))
     with torch.no_grad():
         return torch.softmax(model.eval()(x), dim=-1).numpy()
@@ -140,8 +155,7 @@ def test_two_epochs_beat_chance(trained, arch):
 def test_run_folder_holds_the_documented_files(trained, data):
     out, results = trained("ast")
     for name in ("results.json", "metrics.jsonl", "metrics.csv", "curves.png", "config.yaml", "final.pt",
-                 "best.pt", "wa.pt", "test_predictions.npz", "checkpoints/last.pt",
-                 "checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt"):
+                 "best.pt", "wa.pt", "test_predictions.npz", "checkpoints/last.pt"):
         assert (out / name).is_file(), name
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert yaml.safe_load((out / "config.yaml").read_text()) == resolve_config("smoke", LEARN)
@@ -175,7 +189,8 @@ def test_run_folder_holds_the_documented_files(trained, data):
 @pytest.mark.parametrize("arch", ["ast", "cnn"])
 def test_weight_averaging_and_ensemble(trained, data, arch):
     out, results = trained(arch)
-    epochs = [state_dict(out / f"checkpoints/epoch_{e:03d}.pt", "state_dict") for e in (1, 2)]
+    epochs = torch.load(data["root"] / f"wa-epochs-{arch}.pt", weights_only=True)  # epoch 1 and 2 states
+    assert len(epochs) == 2 and not list((out / "checkpoints").glob("epoch_*"))  # no file per epoch
     wa = state_dict(out / "wa.pt", "state_dict")
     assert wa.keys() == epochs[0].keys()
     for name, value in wa.items():
@@ -187,7 +202,7 @@ def test_weight_averaging_and_ensemble(trained, data, arch):
     # the checkpoint ensemble averages the per-epoch test predictions of the epoch-end models
     store = FeatureStore(data["store"])
     rows = store.select("eval")
-    mean = np.mean([checkpoint_scores(out / f"checkpoints/epoch_{e:03d}.pt", store, rows) for e in (1, 2)], axis=0)
+    mean = np.mean([checkpoint_scores(out / "final.pt", store, rows, state) for state in epochs], axis=0)
     assert accuracy(mean, store.targets[rows]) == results["ensemble"]["accuracy"]
 
 
@@ -199,11 +214,14 @@ def test_checkpoints_reproduce_the_reported_metrics(trained, data, arch):
     assert meta["feature_config"] == CONFIG.to_dict() and model.n_classes == 3
     store = FeatureStore(data["store"])
     assert meta["normalization"] == store.normalization(2.0).to_dict()
-    for checkpoint, reported in (("final.pt", "wa"), ("checkpoints/epoch_002.pt", "last"), ("best.pt", "best")):
+    for checkpoint, reported in (("final.pt", "wa"), ("best.pt", "best")):
         metrics = evaluate_checkpoint(out / checkpoint, data["store"], "eval", device="cpu")
         assert metrics["n_clips"] == results["n_test"]
         assert metrics["accuracy"] == results[reported]["accuracy"], checkpoint
     rows = store.select("eval")
+    last = state_dict(out / "checkpoints" / "last.pt", "model")  # the last epoch's weights, in the resume state
+    assert accuracy(checkpoint_scores(out / "final.pt", store, rows, last), store.targets[rows]) == \
+        results["last"]["accuracy"]
     saved = np.load(out / "test_predictions.npz")["scores"]
     np.testing.assert_allclose(checkpoint_scores(out / "final.pt", store, rows), saved, atol=1e-5)
 

@@ -9,8 +9,19 @@ import numpy as np
 from pipeline.stores.chunks import StoreError, unreadable_chunk
 
 
+RESIDENT_BYTES = 1 << 30  # decoded chunks a training keeps across epochs (a small store stays whole)
+
+
 class ChunkCache:
     """Reads whole Zarr chunks (along the first axis) and keeps the last `capacity` decoded in memory."""
+
+    @classmethod
+    def resident(cls, array, chunk_items: int, budget: int = RESIDENT_BYTES, minimum: int = 8) -> "ChunkCache":
+        """A cache holding as many chunks as fit in `budget` bytes (every chunk of a small store, so
+        each epoch after the first decodes nothing), at least `minimum`."""
+        chunk_bytes = chunk_items * int(np.prod(array.shape[1:], dtype=np.int64)) * np.dtype(array.dtype).itemsize
+        n_chunks = -(-array.shape[0] // chunk_items)
+        return cls(array, chunk_items, max(minimum, min(n_chunks, budget // max(chunk_bytes, 1))))
 
     def __init__(self, array, chunk_items: int, capacity: int = 8) -> None:
         self.array = array

@@ -2,7 +2,8 @@
 
 Weight averaging (WA) averages the floating-point tensors of several epochs' state dicts; integer
 buffers (BatchNorm `num_batches_tracked`) are counters, not weights, so they are taken from the last
-state dict. A checkpoint ensemble averages the per-epoch predictions instead.
+state dict. Training keeps it as a running sum (`WeightAverage`, saved in the resume state) instead of
+one checkpoint file per averaged epoch. A checkpoint ensemble averages the per-epoch predictions instead.
 """
 from __future__ import annotations
 
@@ -45,23 +46,53 @@ def average_state_dicts(sources: Sequence[str | os.PathLike | StateDict], key: s
     """
     if not sources:
         raise ValueError("average_state_dicts: no state dicts given")
-    total: dict[str, torch.Tensor] = {}
-    reference: dict[str, torch.Tensor] = {}
+    average = WeightAverage()
     for n, source in enumerate(sources):
         state = source if isinstance(source, Mapping) else load_state_dict_file(source, key)
-        name = f"state dict #{n}" if isinstance(source, Mapping) else str(source)
-        if n == 0:
-            reference = dict(state)
-        _check_compatible(reference, state, name)
+        average.add(state, f"state dict #{n}" if isinstance(source, Mapping) else str(source))
+    return average.average()
+
+
+class WeightAverage:
+    """Running weight average: float tensors summed on the CPU in at least fp32 (in the order added), other
+    tensors from the last state dict added; `average()` = sum / count cast back to each tensor's dtype."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._sum: dict[str, torch.Tensor] = {}
+        self._dtypes: dict[str, torch.dtype] = {}
+        self._reference: dict[str, torch.Tensor] = {}
+
+    def add(self, state: StateDict, name: str | None = None) -> None:
+        """Add one state dict (same names, shapes and dtypes as the first one)."""
+        if self.count == 0:
+            self._reference = {k: v.detach().to("cpu") for k, v in state.items()}
+            self._dtypes = {k: v.dtype for k, v in state.items()}
+        _check_compatible(self._reference, state, name or f"state dict #{self.count}")
         for k, v in state.items():
             if v.is_floating_point():
                 acc = v.detach().to("cpu", torch.promote_types(v.dtype, torch.float32))
-                total[k] = acc.clone() if n == 0 else total[k] + acc
+                self._sum[k] = acc.clone() if self.count == 0 else self._sum[k] + acc
             else:
-                total[k] = v.detach().to("cpu").clone()
-    count = len(sources)
-    return {k: (v / count).to(reference[k].dtype) if reference[k].is_floating_point() else v
-            for k, v in total.items()}
+                self._sum[k] = v.detach().to("cpu").clone()
+        self.count += 1
+
+    def average(self) -> dict[str, torch.Tensor]:
+        if self.count == 0:
+            raise ValueError("weight average: nothing added yet")
+        return {k: (v / self.count).to(self._dtypes[k]) if self._dtypes[k].is_floating_point else v.clone()
+                for k, v in self._sum.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain types only (a resume state loads with weights_only)."""
+        return {"count": self.count, "sum": dict(self._sum),
+                "dtypes": {k: str(d).removeprefix("torch.") for k, d in self._dtypes.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = int(state["count"])
+        self._sum = {k: v.clone() for k, v in state["sum"].items()}
+        self._dtypes = {k: getattr(torch, d) for k, d in state["dtypes"].items()}
+        self._reference = {k: v.to(self._dtypes[k]) for k, v in self._sum.items()}
 
 
 def _check_compatible(reference: StateDict, state: StateDict, name: str) -> None:

@@ -21,12 +21,13 @@ class Batch:
 
 
 def batches(store: FeatureStore, order: Sequence[int], batch_size: int, *, drop_last: bool = False,
-            prefetch: int = 2, cache_chunks: int = 8) -> Iterator[Batch]:
-    """Yield batches of `order` (store rows) in sequence, reading ahead on a background thread."""
+            prefetch: int = 2, cache: ChunkCache | None = None) -> Iterator[Batch]:
+    """Yield batches of `order` (store rows) in sequence, reading ahead on a background thread; `cache`
+    (e.g. a training's resident cache, used by one iterator at a time) defaults to a fresh 8-chunk one."""
     order = np.asarray(order, dtype=np.int64)
     stop = len(order) - len(order) % batch_size if drop_last else len(order)
     starts = range(0, stop, batch_size)
-    cache = ChunkCache(store.fbank, store.chunk_clips, cache_chunks)
+    cache = cache or ChunkCache(store.fbank, store.chunk_clips)
     out: queue.Queue = queue.Queue(maxsize=prefetch)
     halt = threading.Event()
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from pipeline.config import Normalization
 from pipeline.predict import predict_probs
+from pipeline.stores.chunk_cache import ChunkCache
 from pipeline.stores.feature_store import FeatureStore
 from pipeline.training.batches import batches
 
@@ -61,12 +62,12 @@ def gather_objects(value: Any, info: DistInfo) -> list[Any]:
 
 
 def predict_rows(model: nn.Module, store: FeatureStore, rows: np.ndarray, info: DistInfo, *, norm: Normalization,
-                 batch_size: int, amp: bool = True) -> np.ndarray:
+                 batch_size: int, amp: bool = True, cache: ChunkCache | None = None) -> np.ndarray:
     """Class probabilities of `model` on store rows: each rank scores every world_size-th row, and every
     rank gets all of them back in `rows` order (a collective call under DDP)."""
     mine = np.arange(info.rank, len(rows), info.world_size)
     n_outputs = int(getattr(model, "n_classes", store.n_classes))  # an imported teacher may have more
-    local = predict_probs(model, batches(store, rows[mine], batch_size), store.multilabel, norm=norm,
+    local = predict_probs(model, batches(store, rows[mine], batch_size, cache=cache), store.multilabel, norm=norm,
                           device=info.device, n_classes=n_outputs, amp=amp)
     out = np.zeros((len(rows), n_outputs), dtype=np.float32)
     for index, values in gather_objects((mine, local), info):

@@ -3,8 +3,8 @@
 The Trainer gets its collaborators built (pipeline.training.setup.build_trainer): model, optimiser,
 scheduler, sampler, loss and the TeacherSource that turns a batch into input, targets and KD targets.
 It writes into the run folder only what the loop needs:
-  checkpoints/last.pt       full training state (model, optimiser, scheduler, sampler position) for resume
-  checkpoints/epoch_NNN.pt  model checkpoints of the weight-averaging range
+  checkpoints/last.pt       full training state (model, optimiser, scheduler, sampler position, the running
+                            weight average of the WA range so far) for resume
   best.pt                   the model of the best validation epoch
   metrics.jsonl/.csv, tensorboard/   one row per epoch (through the RunLogger it is given)
 The train stage (stages/train.py) writes the rest (config.yaml, final.pt, wa.pt, results.json, ...).
@@ -36,8 +36,9 @@ from pipeline.models.checkpoint import save_checkpoint
 from pipeline.models.registry import family_of_arch
 from pipeline.predict import autocast_for
 from pipeline.records import torch_save_atomic
+from pipeline.stores.chunk_cache import ChunkCache
 from pipeline.stores.feature_store import FeatureStore
-from pipeline.training.averaging import EnsembleAccumulator
+from pipeline.training.averaging import EnsembleAccumulator, WeightAverage
 from pipeline.training.batches import Batch, batches
 from pipeline.training.distributed import DistInfo, barrier, predict_rows
 from pipeline.training.logs import RunLogger
@@ -91,11 +92,13 @@ class Splits:
 @dataclass
 class FitOutcome:
     """What the loop hands the train stage: the last epoch's test metrics (None when a resumed run had
-    already finished), the best validation epoch, and the checkpoint ensemble's test scores."""
+    already finished), the best validation epoch, the checkpoint ensemble's test scores and the running
+    weight average of the WA epochs."""
 
     last: dict[str, Any] | None
     best: dict[str, Any]
     ensemble: EnsembleAccumulator
+    weight_average: WeightAverage
 
 
 class Trainer:
@@ -121,7 +124,9 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.best: dict[str, Any] = {"value": -math.inf, "epoch": None}
+        self.cache = ChunkCache.resident(store.fbank, store.chunk_clips)  # shared by training and evaluation
         self.ensemble = EnsembleAccumulator()
+        self.weight_average = WeightAverage()
         self.partial: dict[str, Any] = {}  # loss sums of the epoch so far, saved with a mid-epoch state
 
     # ------------------------------------------------------------------------------- one step
@@ -150,7 +155,8 @@ class Trainer:
         data_time = float(resumed.get("data_seconds", 0.0))
         tick = time.perf_counter()
         for step_in_epoch, batch in enumerate(batches(self.store, order[done_steps * self.batch_size:],
-                                                      self.batch_size, drop_last=True), start=done_steps):
+                                                      self.batch_size, drop_last=True, cache=self.cache),
+                                              start=done_steps):
             x, y, teacher_p = self.prepare(batch, step_in_epoch)
             data_time += time.perf_counter() - tick
             with autocast_for(self.device, self.amp):
@@ -185,7 +191,7 @@ class Trainer:
     def predict(self, rows: np.ndarray, model: nn.Module | None = None) -> np.ndarray:
         """Class probabilities for store rows, gathered from every rank (on all ranks, in `rows` order)."""
         return predict_rows(model or self.core, self.store, rows, self.dist, norm=self.norm,
-                            batch_size=self.batch_size, amp=self.amp)
+                            batch_size=self.batch_size, amp=self.amp, cache=self.cache)
 
     def evaluate(self, rows: np.ndarray, model: nn.Module | None = None) -> tuple[dict[str, Any], np.ndarray]:
         scores = self.predict(rows, model)
@@ -209,6 +215,7 @@ class Trainer:
             "model": self.core.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(consumed=position),
             "best": self.best, "ensemble": self.ensemble.state_dict(), "partial_epoch": self.partial,
+            "weight_average": self.weight_average.state_dict(),
             **self.identity,
         }
         torch_save_atomic(self.state_path(), state)
@@ -230,6 +237,7 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.best = state["best"]
         self.ensemble.load_state_dict(state["ensemble"])
+        self.weight_average.load_state_dict(state["weight_average"])
         self.partial = dict(state.get("partial_epoch") or {})
         return int(state["sampler"]["position"])
 
@@ -260,12 +268,12 @@ class Trainer:
                 self.best = {"value": value, "epoch": self.epoch, "test": test_metrics}
                 self.save_model(self.out / "best.pt")
             if wa_start <= self.epoch <= wa_end:
-                self.save_model(self.out / "checkpoints" / f"epoch_{self.epoch:03d}.pt")
+                self.weight_average.add(self.core.state_dict())
             self.save_state()
             if logger:
                 logger.log(row)
             barrier(self.dist)
-        return FitOutcome(test_metrics, self.best, self.ensemble)
+        return FitOutcome(test_metrics, self.best, self.ensemble, self.weight_average)
 
 
 def wa_range(config: dict[str, Any]) -> tuple[int, int]:

@@ -91,10 +91,10 @@ class CachedTeacher(TeacherSource):
         cached = LogitsStore(logits)
         cached.check_matches(store)
         cached.verify_readable()
-        self.logits = ChunkCache(cached.logits, cached.chunk_clips)
+        self.logits = ChunkCache.resident(cached.logits, cached.chunk_clips)
         spec = ViewSpec.from_dict(cached.attrs["views"])
         mode = cached.attrs["teacher"].get("view_mix_mode", "power")
-        self.views = ViewBuilder(store, spec, ChunkCache(store.fbank, store.chunk_clips), mode)
+        self.views = ViewBuilder(store, spec, ChunkCache.resident(store.fbank, store.chunk_clips), mode)
         self.teacher_probs = teacher_probs
         self.info = _with_run(dict(cached.attrs["teacher"]))
         self.kd_classes = cached.class_map
