@@ -17,13 +17,22 @@ FOLDS ?=
 PRESET ?=
 JOBS ?= 1
 HUB ?=
+# TEACHER=path (or FAMILY=path, several separated by spaces): published teachers imported instead of trained;
+# TEACHER_LABELS=class_labels_indices.csv names their outputs when the file does not; ALLOW_UNMAPPED=1 accepts
+# corpus classes the teacher has no label for.
+TEACHER ?=
+TEACHER_LABELS ?=
+ALLOW_UNMAPPED ?=
 PYTEST_ARGS ?=
 PLAN := $(RUN_DIR)/plan.mk
 PLAN_ARGS = --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --run-dir $(RUN_DIR) --nproc $(NPROC) \
 	$(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(HUB),--pretrained-from-hub) $(foreach s,$(SET),--set '$(s)') \
-	$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET))
+	$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET)) $(TEACHER_ARGS)
+TEACHER_ARGS = $(foreach t,$(TEACHER),--teacher '$(t)') $(if $(TEACHER_LABELS),--teacher-labels $(TEACHER_LABELS)) \
+	$(if $(ALLOW_UNMAPPED),--allow-unmapped)
 
-.PHONY: install test test-all demo gpu-check cmkd manifest features train teacher-logits train-student report status plan
+.PHONY: install test test-all demo gpu-check cmkd manifest features train import-teacher teacher-logits train-student \
+	report status plan
 
 install: $(VENV)/.installed
 
@@ -61,12 +70,12 @@ cmkd: plan
 	OMP_NUM_THREADS=$(THREADS) $(MAKE) -j$(JOBS) -f $(PLAN) stage-all
 	@cat $(RUN_DIR)/report/report.md
 
-manifest features train teacher-logits train-student report: plan
+manifest features train import-teacher teacher-logits train-student report: plan
 	OMP_NUM_THREADS=$(THREADS) $(MAKE) -j$(JOBS) -f $(PLAN) stage-$@
 
 status: install
 	$(CLI) status --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set '$(s)') \
-		$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET))
+		$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET)) $(TEACHER_ARGS)
 
 # The prepared GPU check (benchmarks/gpu.py): one JSON of teacher-inference and student-step numbers on the
 # paper-size models; without CUDA a tiny CPU version that only proves it runs.

@@ -206,11 +206,14 @@ Dataset = Annotated[str, typer.Option(help="demo, demo-multilabel, esc50, fsd50k
 def _run_options(dataset: str, data_root: Optional[Path], run_dir: Optional[Path], set_: list[str],
                  scheduler: Optional[str] = None, workers: Optional[int] = None, nproc: int = 1,
                  device: Optional[str] = None, pretrained_from_hub: bool = False, folds: Optional[str] = None,
-                 val_on_test: bool = False, jobs: int = 1, preset: Optional[str] = None):
+                 val_on_test: bool = False, jobs: int = 1, preset: Optional[str] = None,
+                 teachers: Optional[list[str]] = None, teacher_labels: Optional[Path] = None,
+                 allow_unmapped: bool = False):
     """The run's options; what is not given is taken from the run's run.json (what its last `run` used),
-    so `status` or a rerun typed without DATA_ROOT, SET or PRESET means the same run."""
+    so `status` or a rerun typed without DATA_ROOT, SET, PRESET or TEACHER means the same run
+    (`--teacher none` drops the recorded published teachers)."""
     from pipeline.records import read_json
-    from stages.graph import RunOptions
+    from stages.graph import RunOptions, teacher_arguments
 
     run_dir = run_dir or Path("runs") / dataset
     recorded = read_json(run_dir / "run.json") or {}
@@ -221,12 +224,20 @@ def _run_options(dataset: str, data_root: Optional[Path], run_dir: Optional[Path
     except ValueError:
         fail(ValueError(f"--folds {folds!r}: give fold numbers separated by commas, e.g. --folds 1,3"))
     root = data_root or Path(recorded.get("data_root") or Path("data") / dataset)
+    teachers = list(teachers) if teachers else list(recorded.get("teachers") or [])
+    if "none" in teachers:
+        teachers, teacher_labels, allow_unmapped = [], None, False
+    else:
+        teachers = teacher_arguments(teachers)
+        teacher_labels = Path(teacher_labels).resolve() if teacher_labels else recorded.get("teacher_labels")
+        allow_unmapped = allow_unmapped or bool(recorded.get("allow_unmapped"))
     return RunOptions(dataset=dataset, run_dir=run_dir, data_root=root,
                       overrides=list(set_) if set_ else list(recorded.get("overrides") or []),
                       scheduler=scheduler, workers=workers, nproc=nproc, device=device,
                       pretrained_from_hub=pretrained_from_hub, folds=fold_list,
                       val_on_test=val_on_test or bool(recorded.get("val_on_test")), jobs=jobs,
-                      preset=preset or recorded.get("preset"))
+                      preset=preset or recorded.get("preset"), teachers=teachers,
+                      teacher_labels=str(teacher_labels) if teacher_labels else None, allow_unmapped=allow_unmapped)
 
 
 RunPreset = Annotated[Optional[str], typer.Option(help="training preset, a name (cpu-small, esc50, …) or your own "
@@ -237,6 +248,13 @@ ValOnTest = Annotated[bool, typer.Option(help="the official ESC-50 recipe: choos
 
 
 HubOption = Annotated[bool, typer.Option(help="let training stages download ImageNet weights from timm's hub")]
+Teacher = Annotated[list[str], typer.Option("--teacher", help="a published teacher, [FAMILY=]PATH (official AST, "
+                                                              "Hugging Face AST folder, PSLA, cmkd-pipe checkpoint): "
+                                                              "imported instead of training that family's teacher; "
+                                                              "'none' drops a recorded one")]
+TeacherLabels = Annotated[Optional[Path], typer.Option(help="labels CSV (index,mid,display_name) of a published "
+                                                            "teacher whose files do not name its outputs")]
+AllowUnmapped = Annotated[bool, typer.Option(help="accept corpus classes a published teacher has no label for")]
 
 
 @app.command("run")
@@ -250,13 +268,15 @@ def run_cmd(dataset: Dataset = "demo", data_root: Annotated[Optional[Path], type
             val_on_test: ValOnTest = False, preset: RunPreset = None,
             jobs: Annotated[int, typer.Option(help="stages run at the same time (each gets cores/jobs threads)")] = 1,
             clean: Annotated[bool, typer.Option(help="delete a rerun stage's previous outputs once it succeeds "
-                                                     "(default: keep them in <stage>/previous/)")] = False
+                                                     "(default: keep them in <stage>/previous/)")] = False,
+            teacher: Teacher = [], teacher_labels: TeacherLabels = None, allow_unmapped: AllowUnmapped = False
             ) -> None:
     """Run the CMKD experiment of a dataset: only the stages not done (or stale), then print the report."""
     from stages import graph
 
     options = _run_options(dataset, data_root, run_dir, set_, scheduler, workers, nproc, device,
-                           pretrained_from_hub, folds, val_on_test, jobs, preset)
+                           pretrained_from_hub, folds, val_on_test, jobs, preset, teacher, teacher_labels,
+                           allow_unmapped)
     options.clean = clean
     ran = graph.run(options, until=until, only=only, echo=typer.echo)
     if not ran:
@@ -286,11 +306,14 @@ app.command("cmkd", help="The whole CMKD experiment of a dataset (same as `run` 
 
 @app.command("status")
 def status_cmd(dataset: Dataset = "demo", data_root: Optional[Path] = None, run_dir: Optional[Path] = None,
-               set_: Set = [], folds: Folds = None, val_on_test: ValOnTest = False, preset: RunPreset = None) -> None:
+               set_: Set = [], folds: Folds = None, val_on_test: ValOnTest = False, preset: RunPreset = None,
+               teacher: Teacher = [], teacher_labels: TeacherLabels = None, allow_unmapped: AllowUnmapped = False
+               ) -> None:
     """Table of stages: done / stale (why) / failed (last error, log) / not started, with chunk progress."""
     from stages import graph
 
-    options = _run_options(dataset, data_root, run_dir, set_, folds=folds, val_on_test=val_on_test, preset=preset)
+    options = _run_options(dataset, data_root, run_dir, set_, folds=folds, val_on_test=val_on_test, preset=preset,
+                           teachers=teacher, teacher_labels=teacher_labels, allow_unmapped=allow_unmapped)
     rows = graph.status_rows(options)
     width = max(len(r["stage"]) for r in rows)
     for row in rows:
@@ -302,13 +325,15 @@ def plan_cmd(out: Annotated[Path, typer.Option(help="Make include file to write"
              dataset: Dataset = "demo", data_root: Optional[Path] = None, run_dir: Optional[Path] = None,
              set_: Set = [], scheduler: Scheduler = None, nproc: int = 1, pretrained_from_hub: HubOption = False,
              folds: Folds = None, val_on_test: ValOnTest = False, preset: RunPreset = None,
+             teacher: Teacher = [], teacher_labels: TeacherLabels = None, allow_unmapped: AllowUnmapped = False,
              cli: Annotated[str, typer.Option(help="how Make calls the CLI")] = "cmkd-pipe") -> None:
     """Write Make rules whose targets are the stages' completion records (used by the Makefile)."""
     from pipeline.records import write_text_atomic
     from stages import graph
 
     options = _run_options(dataset, data_root, run_dir, set_, scheduler, None, nproc, None, pretrained_from_hub,
-                           folds, val_on_test, preset=preset)
+                           folds, val_on_test, preset=preset, teachers=teacher, teacher_labels=teacher_labels,
+                           allow_unmapped=allow_unmapped)
     rules = graph.make_rules(options, cli)
     if not out.is_file() or out.read_text() != rules:
         write_text_atomic(out, rules)
@@ -325,9 +350,10 @@ def run_stage_cmd(folder: Annotated[Path, typer.Argument(help="a stage folder ho
 
 def _register_stage_commands() -> None:
     """Commands whose argument parsing lives beside their stage's CLI module."""
-    from cli import logits, report, sweep, tag
+    from cli import logits, report, sweep, tag, teachers
 
     logits.register(app)
+    teachers.register(app)
     report.register(app)
     sweep.register(app)
     tag.register(app)

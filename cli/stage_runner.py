@@ -72,6 +72,16 @@ def teacher_logits(params: Settings, io: Settings, runtime: Settings) -> dict[st
                               progress=bool(runtime.get("progress", True)))
 
 
+def import_teacher(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any]:
+    """A published checkpoint made a teacher: params {family, overrides, allow_unmapped, preset, preset_overrides}."""
+    from stages.import_teacher import run_import_teacher
+
+    return run_import_teacher(io["weights"], io["features"], io["out"], family=params.get("family"),
+                              overrides=params.get("overrides", []), labels=io.get("labels"),
+                              allow_unmapped=bool(params.get("allow_unmapped")), preset=params.get("preset"),
+                              preset_overrides=params.get("preset_overrides"))
+
+
 def train(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any]:
     """A training run: params {family, config (resolved), teacher: None | logits | checkpoint}."""
     from stages.train import train as train_stage
@@ -103,5 +113,5 @@ def report(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[Settings, Settings, Settings], Any]] = {
     "manifest": manifest, "features": features, "train": train, "train-student": train,
-    "teacher-logits": teacher_logits, "report": report,
+    "teacher-logits": teacher_logits, "import-teacher": import_teacher, "report": report,
 }

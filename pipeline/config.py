@@ -78,6 +78,7 @@ PUBLISHED_STATS: dict[str, tuple[float, float]] = {
     "audioset": (-4.2677393, 4.5689974),
     "esc50": (-6.6268077, 5.358466),
     "fsd50k": (-4.6476, 4.5699),
+    "psla-audioset": (-4.6476, 4.5699),  # PSLA's AudioSet recipe (egs/audioset/run.sh), with std divisor 1
 }
 
 

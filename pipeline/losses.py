@@ -5,6 +5,11 @@
 τ divides the teacher logits only. The KD term takes the teacher as a probability tensor (see
 `teacher_probs`), so two teachers' probabilities can be mixed with a mixup λ before the loss.
 
+A teacher that scores only some classes (an imported teacher's label map) gives probabilities over those
+columns; `CMKDLoss.kd_classes` names them, and the KD term compares the student's logits of exactly those
+classes (softmax-kl: the softmax over them, for student and teacher alike; sigmoid forms: per class).
+The task loss always covers every class.
+
 KD forms:
 - ``softmax-kl`` (default): KL(p_t ‖ softmax(z_s)), summed over classes, mean over the batch
   ("batchmean"); used for multi-label data too, as the authors' later KD code (DASS) does.
@@ -71,6 +76,7 @@ class CMKDLoss:
     """λ-weighted sum of the task loss and the KD loss; without a teacher, the plain task loss.
 
     ``tau2_scaling`` multiplies the KD term by τ² (Hinton); CMKD itself uses no τ² factor.
+    ``kd_classes`` (student logit columns, in the teacher's column order) restricts the KD term to them.
     """
 
     multilabel: bool
@@ -78,6 +84,7 @@ class CMKDLoss:
     tau: float = 1.0
     form: str = "softmax-kl"
     tau2_scaling: bool = False
+    kd_classes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_form(self.form)
@@ -97,6 +104,8 @@ class CMKDLoss:
         task = task_loss(student_logits, targets, self.multilabel)
         if teacher_p is None:
             return task, {"task": task.detach()}
+        if self.kd_classes is not None:
+            student_logits = student_logits[:, torch.as_tensor(self.kd_classes, device=student_logits.device)]
         kd = kd_loss(student_logits, teacher_p, self.form)
         if self.tau2_scaling:
             kd = kd * self.tau**2

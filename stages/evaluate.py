@@ -2,7 +2,9 @@
 
 Inputs:  a model checkpoint (pipeline/models/checkpoint.py) and a complete feature store.
 Outputs: a metrics dict (and OUT json when asked): accuracy; mAP, mAUC, d′ and per-class AP for
-         multi-label data; classes without positives excluded and counted.
+         multi-label data; classes without positives excluded and counted. An imported teacher with a
+         label map is scored on the corpus classes it maps (`mapped_classes`; single-label: on the
+         clips of those classes).
 """
 from __future__ import annotations
 
@@ -28,13 +30,22 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, features: str | os.PathLi
     store = FeatureStore(features)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, meta = load_checkpoint(checkpoint, map_location=target)
-    check_compatible(meta, store.feature_config.to_dict(), store.vocabulary)
+    label_map = check_compatible(meta, store.feature_config.to_dict(), store.vocabulary)
     norm = Normalization.from_dict(meta["normalization"])
     rows = store.select(split)
+    targets = store.targets
+    extra: dict[str, Any] = {}
+    if label_map is not None:
+        targets = targets[:, list(label_map.corpus_classes)]
+        if not store.multilabel:  # only clips of a class the teacher scores
+            rows = rows[targets[rows].any(axis=1)]
+        extra["mapped_classes"] = len(label_map.corpus_classes)
     scores = predict_probs(model.to(target), batches(store, rows, batch_size), store.multilabel, norm=norm,
-                           device=target, n_classes=store.n_classes, amp=False)
+                           device=target, n_classes=model.n_classes, amp=False)
+    if label_map is not None:
+        scores = scores[:, list(label_map.teacher_columns)]
     result = {"checkpoint": str(checkpoint), "features": str(features), "split": split, "n_clips": int(len(rows)),
-              **summarize(scores, store.targets[rows], store.multilabel)}
+              **extra, **summarize(scores, targets[rows], store.multilabel)}
     if out is not None:
         write_json_atomic(Path(out), result)
     return result

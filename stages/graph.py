@@ -1,9 +1,12 @@
 """The CMKD stage graph of a dataset: plan, run only what is missing or stale, report status.
 
 Layout under RUN_DIR (one folder per stage, each with config.json, log.txt, and stage.json on success):
-  manifest/  features/  <group>/train-<family>/  <group>/logits-<family>/
+  manifest/  features/  [import-<family>/]  <group>/train-<family>/  <group>/logits-<family>/
   <group>/student-<student>-from-<teacher>[-online|-<kd form>]/  report/
 A group is one test fold (`fold-K`, validated on the next fold) or `main` for a fixed train/val/test split.
+A published teacher (`--teacher [FAMILY=]PATH`, Make's TEACHER) replaces its family's trained teachers:
+one `import-<family>` stage (`cmkd-pipe import-teacher`) makes the checkpoint every group's
+`logits-<family>` (and online student) uses, and no `train-<family>` stage is planned.
 
 Every stage's settings are resolved here once and written to its `config.json`: `params` (everything that
 determines the result: its fingerprint), `runtime` (scheduler, workers, device: never part of the
@@ -41,6 +44,7 @@ from pipeline.training.presets import resolve_config, select_family
 
 CONFIG_NAME = "config.json"
 PREVIOUS = "previous"  # a stale stage's last outputs, kept until its next rerun
+KINDS = ("manifest", "features", "import-teacher", "train", "teacher-logits", "train-student", "report")
 CHUNKED = ("features", "teacher-logits")  # the stages that run chunk tasks on Dask
 SCHEDULER_VARIABLE = "CMKD_PIPE_SCHEDULER"  # a shared cluster's address for the stage processes of one run
 # Training settings that cannot change a result: never part of a stage's identity.
@@ -87,6 +91,9 @@ class RunOptions:
     jobs: int = 1  # stages run at the same time by `run`
     preset: str | None = None  # training preset (name or YAML file) instead of the dataset's default
     clean: bool = False  # delete a rerun stage's previous outputs once it succeeds (default: keep one generation)
+    teachers: list[str] = field(default_factory=list)  # published teachers, "PATH" or "FAMILY=PATH" (import-teacher)
+    teacher_labels: str | None = None  # labels CSV of a published teacher whose files do not name its outputs
+    allow_unmapped: bool = False  # accept corpus classes a published teacher has no label for
 
 
 def groups(profile: DatasetProfile, folds: list[int] | None = None,
@@ -109,6 +116,51 @@ def feature_config(profile: DatasetProfile, preset: dict[str, Any]) -> FeatureCo
     return FeatureConfig.from_dict(settings)
 
 
+def split_teacher(item: str) -> tuple[str | None, Path]:
+    """(family or None, absolute weights path) of a `--teacher [FAMILY=]PATH` value."""
+    family, sep, path = item.partition("=")
+    if not sep or not family or "/" in family:
+        family, path = "", item
+    return family or None, Path(path).expanduser().resolve()
+
+
+def teacher_arguments(items: list[str]) -> list[str]:
+    """`--teacher` values with absolute paths, so a rerun from another folder (or Make) means the same."""
+    return [f"{family}={path}" if family else str(path) for family, path in map(split_teacher, items)]
+
+
+def imported_teachers(options: RunOptions, families: list[str]) -> dict[str, Path]:
+    """{family: weights path} of the published teachers, each family read off its weights (without torch)
+    unless given as FAMILY=PATH."""
+    from pipeline.models.registry import family_of_arch
+    from pipeline.models.weight_formats import family_of_weights
+
+    out: dict[str, Path] = {}
+    for item in options.teachers:
+        family, weights = split_teacher(item)
+        family = family_of_arch(family).name if family else family_of_weights(weights)
+        if family not in families:
+            raise ValueError(f"--teacher {item}: a {family} model, but the recipe's families are {', '.join(families)}")
+        if family in out:
+            raise ValueError(f"--teacher {item}: a second {family} teacher ({out[family]}); give one per family")
+        out[family] = weights
+    return out
+
+
+def _import_stage(family: str, weights: Path, options: RunOptions, store: str, preset: str,
+                  settings: list[str]) -> Stage:
+    """`import-<family>`: the published weights made a teacher checkpoint for the feature store. The preset
+    and its overrides are recorded in the checkpoint for `train-student`'s defaults, not part of its identity."""
+    name = f"import-{family}"
+    labels = str(Path(options.teacher_labels).expanduser().resolve()) if options.teacher_labels else None
+    params = {"family": family, "weights": str(weights), "labels": labels, "allow_unmapped": options.allow_unmapped,
+              "overrides": [], "preset": preset, "preset_overrides": settings}
+    io = {"weights": str(weights), "features": store, "out": str(options.run_dir / name / "teacher.pt"),
+          **({"labels": labels} if labels else {})}
+    return Stage(name, "import-teacher", ["features"], params, io=io, outputs=[f"{name}/teacher.pt"],
+                 unread=(("preset",), ("preset_overrides",)))
+
+
 def plan(options: RunOptions) -> list[Stage]:
     """Every stage of the CMKD experiment for the dataset, in a valid execution order."""
     profile = get_profile(options.dataset)
@@ -128,19 +180,29 @@ def plan(options: RunOptions) -> list[Stage]:
               io={"manifest": manifest_dir, "out": store}, runtime=dask,
               outputs=["features/features.zarr", "features/features.zarr.bad_clips.csv"]),
     ]
+    imported = imported_teachers(options, configured_families(preset))
+    for fam, weights in imported.items():
+        stages.append(_import_stage(fam, weights, options, store, preset_name, settings))
     for group, data_overrides in groups(profile, options.folds, options.val_on_test):
         config = resolve_config(preset_name, [*settings, *data_overrides])
         train = {"pretrained_from_hub": options.pretrained_from_hub, **device,
                  "extra": {"preset": preset_name, "overrides": [*settings, *data_overrides]}}
         baseline = {**train, "extra": {**train["extra"], "overrides": [
             item for item in train["extra"]["overrides"] if not item.startswith("kd.")]}}  # never read by it
+        checkpoints: dict[str, tuple[str, str]] = {}  # family -> (teacher stage, its checkpoint)
         for fam in configured_families(config):
-            name = f"{group}/train-{fam}"
-            stages.append(_train_stage(name, fam, config, store, run, baseline, labels={"group": group, "model": fam}))
+            if fam in imported:
+                name = f"import-{fam}"
+                checkpoints[fam] = (name, str(run / name / "teacher.pt"))
+            else:
+                name = f"{group}/train-{fam}"
+                stages.append(_train_stage(name, fam, config, store, run, baseline,
+                                           labels={"group": group, "model": fam}))
+                checkpoints[fam] = (name, str(run / name / "final.pt"))
             logits = f"{group}/logits-{fam}"
             teacher_config = select_family(config, fam)
             stages.append(Stage(logits, "teacher-logits", [name], _views(teacher_config),
-                                io={"features": store, "checkpoint": str(run / name / "final.pt"),
+                                io={"features": store, "checkpoint": checkpoints[fam][1],
                                     "out": str(run / logits / "logits.zarr")},
                                 runtime={**dask, **device, "batch_size": int(teacher_config["data"]["batch_size"])},
                                 outputs=[f"{logits}/logits.zarr"]))
@@ -149,10 +211,10 @@ def plan(options: RunOptions) -> list[Stage]:
             student_config = copy.deepcopy(config)
             student_config["kd"].update(kd)
             online = suffix == "-online"
-            source = (f"{group}/train-{teacher}", "checkpoint", "final.pt") if online else \
-                (f"{group}/logits-{teacher}", "logits", "logits.zarr")
+            source = (*checkpoints[teacher], "checkpoint") if online else \
+                (f"{group}/logits-{teacher}", str(run / group / f"logits-{teacher}" / "logits.zarr"), "logits")
             stages.append(_train_stage(
-                name, student, student_config, store, run, train, teacher=(source[1], str(run / source[0] / source[2])),
+                name, student, student_config, store, run, train, teacher=(source[2], source[1]),
                 deps=[source[0]], labels={"group": group, "model": student, "teacher": teacher,
                                           "teaching": "online" if online else "cached",
                                           "kd_form": student_config["kd"]["form"]}))
@@ -221,7 +283,24 @@ def evidence(stage: Stage) -> dict[str, str]:
         return index_files(stage.params["data_root"])
     if stage.kind == "features" and (Path(stage.io["manifest"]) / "manifest.json").is_file():
         return {"audio files (size, time)": audio_digest(stage.io["manifest"])}
+    if stage.kind == "import-teacher":
+        files = [Path(stage.io["weights"]), *([Path(stage.io["labels"])] if "labels" in stage.io else [])]
+        return {f"teacher file {path.name} (size, time)": _file_stat(path) for path in _files_of(files)}
     return {}
+
+
+def _files_of(paths: list[Path]) -> list[Path]:
+    """The files themselves, and a folder's files (a Hugging Face model folder), in order."""
+    return [f for p in paths for f in (sorted(x for x in p.iterdir() if x.is_file()) if p.is_dir() else [p])]
+
+
+def _file_stat(path: Path) -> str:
+    """'size:mtime' of a file (no bytes read: teacher weights are hundreds of MB), or 'missing'."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def state(stage: Stage, run_dir: Path) -> tuple[str, str]:
@@ -419,7 +498,9 @@ def run(options: RunOptions, until: str | None = None, only: str | None = None,
         write_config_file(stage, run_dir)
     write_json_atomic(run_dir / "run.json", {"dataset": options.dataset, "data_root": str(options.data_root),
                                              "preset": options.preset, "overrides": options.overrides,
-                                             "folds": options.folds, "val_on_test": options.val_on_test})
+                                             "folds": options.folds, "val_on_test": options.val_on_test,
+                                             "teachers": options.teachers, "teacher_labels": options.teacher_labels,
+                                             "allow_unmapped": options.allow_unmapped})
     chosen = select(stages, until, only)
     todo: list[tuple[Stage, str]] = []
     for stage in chosen:
@@ -554,13 +635,16 @@ def make_rules(options: RunOptions, cli: str) -> str:
             + (f" --preset {options.preset}" if options.preset else "")
             + (f" --nproc {options.nproc}" if options.nproc > 1 else "")
             + (f" --scheduler {options.scheduler}" if options.scheduler else "")
-            + (" --pretrained-from-hub" if options.pretrained_from_hub else ""))
+            + (" --pretrained-from-hub" if options.pretrained_from_hub else "")
+            + "".join(f" --teacher '{item}'" for item in options.teachers)
+            + (f" --teacher-labels {options.teacher_labels}" if options.teacher_labels else "")
+            + (" --allow-unmapped" if options.allow_unmapped else ""))
     for stage in stages:
         write_config_file(stage, run_dir)
         target = run_dir / stage.name / "stage.json"
         prereqs = [str(run_dir / stage.name / CONFIG_NAME), *[str(run_dir / d / "stage.json") for d in stage.deps]]
         lines += [f"{target}: {' '.join(prereqs)}", f"\t@{base} --only {stage.name}", ""]
-    kinds: dict[str, list[str]] = {}
+    kinds: dict[str, list[str]] = {kind: [] for kind in KINDS}  # every Make target exists, empty when unused
     for stage in stages:
         kinds.setdefault(stage.kind, []).append(str(run_dir / stage.name / "stage.json"))
     for kind, targets in kinds.items():

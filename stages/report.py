@@ -435,12 +435,12 @@ def _per_class(students: list[str], groups: list[str], runs: dict[tuple[str, str
             run = runs.get((group, name))
             if run is None or not (run.path / PREDICTIONS).is_file():
                 continue
-            scores, targets, teacher_scores = _read_predictions(run.path / PREDICTIONS)
+            scores, targets, teacher_scores, classes = _read_predictions(run.path / PREDICTIONS)
             if student and len(scores[0]) != len(student[0]):
                 raise ReportError(f"{run.path / PREDICTIONS}: {len(scores[0])} classes, other groups have "
                                   f"{len(student[0])}; report the runs of one dataset at a time")
             student.append(measure(scores, targets))
-            teacher.append(measure(teacher_scores, targets))
+            teacher.append(_teacher_measure(measure, teacher_scores, targets, classes))
         if not student:
             continue
         s, t = _nanmean(np.stack(student)), _nanmean(np.stack(teacher))
@@ -454,18 +454,36 @@ def _per_class(students: list[str], groups: list[str], runs: dict[tuple[str, str
     return out
 
 
-def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """scores, targets, teacher_scores and teacher_classes (the corpus classes of the teacher's columns
+    when it scores only those: an imported teacher's label map; None: every class)."""
     try:
         with np.load(path) as data:
-            arrays = {key: data[key] for key in ("scores", "targets", "teacher_scores") if key in data}
+            arrays = {key: data[key] for key in ("scores", "targets", "teacher_scores", "teacher_classes")
+                      if key in data}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise ReportError(f"{path}: unreadable ({error}); rerun that training") from None
     for key in ("scores", "targets", "teacher_scores"):
         if key not in arrays:
             raise ReportError(f"{path}: array {key!r} missing; rerun that training with the current engine")
-    if not arrays["scores"].shape == arrays["targets"].shape == arrays["teacher_scores"].shape:
+    classes = arrays.get("teacher_classes")
+    teacher_shape = arrays["targets"].shape if classes is None else (len(arrays["targets"]), len(classes))
+    if not arrays["scores"].shape == arrays["targets"].shape or arrays["teacher_scores"].shape != teacher_shape:
         raise ReportError(f"{path}: scores, targets and teacher_scores differ in shape; rerun that training")
-    return arrays["scores"], arrays["targets"], arrays["teacher_scores"]
+    return arrays["scores"], arrays["targets"], arrays["teacher_scores"], classes
+
+
+def _teacher_measure(measure: Any, scores: np.ndarray, targets: np.ndarray, classes: np.ndarray | None) -> np.ndarray:
+    """The teacher's per-class metric over every corpus class: NaN for the classes it does not score; for
+    single-label data only clips of a class it scores count (its top class is chosen among its own)."""
+    if classes is None:
+        return measure(scores, targets)
+    mapped = targets[:, classes]
+    rows = slice(None) if measure is average_precision else mapped.any(axis=1)
+    out = np.full(targets.shape[1], np.nan)
+    if len(mapped[rows]):
+        out[classes] = measure(scores[rows], mapped[rows])
+    return out
 
 
 def _nanmean(stack: np.ndarray) -> np.ndarray:

@@ -1,12 +1,15 @@
 """Teacher-logits stage: a frozen teacher run once over every clip and view of a feature store.
 
 Inputs:  a complete feature store and a teacher checkpoint (pipeline/models/checkpoint.py) trained
-         on the same front-end and label vocabulary.
+         on the same front-end and label vocabulary, or imported for it (`import-teacher`: a label
+         map names the output that scores each corpus class it reaches).
 Outputs: OUT (logits store, schema cmkd-pipe/logits/2): raw float32 logits [clips, views, classes]
          in the feature store's row order. View 0 is the clean fbank; view v > 0 is the input
          `pipeline.views.ViewBuilder` builds for (view seed, clip id, v), exactly what the student
          replays. Every input is normalised with the teacher's own normalisation (from its checkpoint).
          Bad clips (ok = false) get the logits of their zero fbank; the student never samples them.
+         With a label map, only the mapped classes' logits are kept (attr `class_map`: their corpus
+         class indices, one per column).
 Resume:  the store's provenance attrs (teacher, checkpoint sha256, views, feature fingerprint,
          vocabulary) must equal this run's, else --overwrite is needed; chunks marked done are
          skipped unless their files no longer match their records (then redone); the store is
@@ -29,6 +32,7 @@ from torch import nn
 from pipeline.augment import MIX_MODES, ViewSpec
 from pipeline.config import Normalization
 from pipeline.features import normalize
+from pipeline.label_map import LabelMap
 from pipeline.metrics import summarize
 from pipeline.models.checkpoint import check_compatible, file_sha256, load_checkpoint, read_checkpoint
 from pipeline.parallel import run_tasks
@@ -56,6 +60,7 @@ class ChunkTask:
     batch_size: int
     device: str
     generation: str
+    columns: tuple[int, ...] | None = None  # the teacher outputs kept (a label map's), None: all
 
 
 def run_teacher_logits(features: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.PathLike, *,
@@ -79,28 +84,31 @@ def run_teacher_logits(features: str | os.PathLike, checkpoint: str | os.PathLik
     spec = ViewSpec(views, freq_mask, time_mask, mixup_rate, mixup_alpha, view_seed, time_shift, mask_fill)
     device = _device(device)
     store = FeatureStore(features)
-    teacher = _teacher_provenance(checkpoint, store, mix_mode)
+    teacher, label_map = _teacher_provenance(checkpoint, store, mix_mode)
+    class_map = None if label_map is None else list(label_map.corpus_classes)
     if out.resolve() == features.resolve():
         raise ValueError(f"--out {out} is the feature store itself; choose another path for the logits store")
     with store_lock(out, "teacher-logits"):
         if prepare_output(out, ls.SCHEMA, overwrite, "teacher-logits"):
-            group = ls.open_for_writing(out, ls.provenance(store, teacher, spec.to_dict()), store)
+            group = ls.open_for_writing(out, ls.provenance(store, teacher, spec.to_dict(), class_map), store)
         else:
-            group = ls.create_logits_store(out, store, teacher, spec.to_dict(), chunk_clips or store.chunk_clips)
+            group = ls.create_logits_store(out, store, teacher, spec.to_dict(), chunk_clips or store.chunk_clips,
+                                           class_map)
+        columns = None if label_map is None else label_map.teacher_columns
         return _run_locked(group, store, out, features, teacher, spec, mix_mode, batch_size, scheduler,
-                           n_workers, device, progress)
+                           n_workers, device, progress, columns)
 
 
 def _run_locked(group: zarr.Group, store: FeatureStore, out: Path, features: Path, teacher: dict[str, Any],
                 spec: ViewSpec, mix_mode: str, batch_size: int, scheduler: str | None, n_workers: int | None,
-                device: str, progress: bool) -> dict[str, Any]:
+                device: str, progress: bool, columns: tuple[int, ...] | None) -> dict[str, Any]:
     if n_workers is None and scheduler is None and device.startswith("cuda"):
         n_workers = 1  # one process owns the GPU; start one Dask worker per GPU yourself for more
     chunk = int(group.attrs["chunk_clips"])
     todo = pending_chunks(group)
     tasks = [ChunkTask(str(out.resolve()), i, str(features.resolve()), store.fingerprint, teacher["checkpoint"],
                        teacher["checkpoint_sha256"], spec.to_dict(), mix_mode, batch_size, device,
-                       group.attrs["generation"]) for i in todo]
+                       group.attrs["generation"], columns) for i in todo]
     started = time.perf_counter()
     run_tasks(compute_chunk, tasks, scheduler=scheduler, n_workers=n_workers, desc="teacher logits",
               progress=progress)
@@ -113,17 +121,26 @@ def _run_locked(group: zarr.Group, store: FeatureStore, out: Path, features: Pat
             "seconds": seconds, "clips_per_second": clips_run / seconds if clips_run else 0.0}
 
 
-def _teacher_provenance(checkpoint: Path, store: FeatureStore, mix_mode: str) -> dict[str, Any]:
-    """The `teacher` attrs of the store, after checking the checkpoint fits the feature store."""
+def _teacher_provenance(checkpoint: Path, store: FeatureStore, mix_mode: str) -> tuple[dict[str, Any],
+                                                                                      LabelMap | None]:
+    """The `teacher` attrs of the store and the checkpoint's label map (None when its labels are the
+    store's), after checking the checkpoint fits the feature store."""
     meta = read_checkpoint(checkpoint)
     try:
-        check_compatible(meta, store.feature_config.to_dict(), store.vocabulary)
+        label_map = check_compatible(meta, store.feature_config.to_dict(), store.vocabulary)
     except ValueError as error:
         raise ValueError(f"checkpoint {checkpoint} does not fit the feature store {store.path}: {error}") from None
-    return {"arch": meta["model_config"]["arch"], "model_config": meta["model_config"],
-            "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": file_sha256(checkpoint),
-            "normalization": Normalization.from_dict(meta["normalization"]).to_dict(),
-            "view_mix_mode": mix_mode}
+    teacher = {"arch": meta["model_config"]["arch"], "model_config": meta["model_config"],
+               "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": file_sha256(checkpoint),
+               "normalization": Normalization.from_dict(meta["normalization"]).to_dict(),
+               "view_mix_mode": mix_mode}
+    if label_map is not None:
+        teacher["label_map"] = {"by": label_map.by, "n_outputs": label_map.n_teacher,
+                                "teacher_columns": list(label_map.teacher_columns),
+                                "unmapped_classes": list(label_map.unmapped)}
+    if meta.get("extra", {}).get("imported"):
+        teacher["imported"] = meta["extra"]["imported"]
+    return teacher, label_map
 
 
 def _device(device: str | None) -> str:
@@ -181,14 +198,17 @@ def compute_chunk(task: ChunkTask) -> int:
     start, stop = chunk_range(task.index, int(group.attrs["chunk_clips"]), int(group.attrs["n_clips"]))
     rows = np.arange(start, stop)
     x = store.read(rows)
-    logits = np.empty((len(rows), builder.spec.n_views, store.n_classes), dtype=np.float32)
+    columns = None if task.columns is None else torch.tensor(task.columns, device=device)
+    width = store.n_classes if columns is None else len(columns)
+    logits = np.empty((len(rows), builder.spec.n_views, width), dtype=np.float32)
     for view in range(builder.spec.n_views):
         for first in range(0, len(rows), task.batch_size):
             part = slice(first, first + task.batch_size)
             inputs = torch.from_numpy(x[part])
             if view > 0:
                 inputs = builder.build(rows[part], x[part], [view] * len(inputs))[0]
-            logits[part, view] = model_logits(model, normalize(inputs.to(device), norm)).cpu().numpy()
+            out = model_logits(model, normalize(inputs.to(device), norm))
+            logits[part, view] = (out if columns is None else out[:, columns]).cpu().numpy()
     ls.write_chunk(group, task.index, logits, task.generation)
     return task.index
 
@@ -232,16 +252,21 @@ def inspect_logits(store: str | os.PathLike, features: str | os.PathLike | None 
     clean = torch.from_numpy(np.asarray(logits.logits[:, 0], dtype=np.float32))
     probs, entropy = _probabilities_and_entropy(clean, feature_store.multilabel)
     confidence = probs.max(axis=1)
+    targets = feature_store.targets if logits.class_map is None else feature_store.targets[:, logits.class_map]
+    if logits.class_map is not None:
+        result["class_map"] = {"mapped": len(logits.class_map), "classes": feature_store.n_classes}
     splits = {str(s): feature_store.select(str(s)) for s in dict.fromkeys(feature_store.splits)}
+    if not feature_store.multilabel:  # single-label: only clips of a class the teacher scores count
+        splits = {name: rows[targets[rows].any(axis=1)] for name, rows in splits.items()}
     splits = {name: rows for name, rows in splits.items() if len(rows)}
     result["metrics"] = {
         name: {"n_clips": int(len(rows)),
-               **{k: v for k, v in summarize(probs[rows], feature_store.targets[rows],
+               **{k: v for k, v in summarize(probs[rows], targets[rows],
                                              feature_store.multilabel).items() if not isinstance(v, list)},
                "mean_entropy": float(entropy[rows].mean()), "mean_confidence": float(confidence[rows].mean())}
         for name, rows in splits.items()}
     if png is not None:
-        max_entropy = math.log(2) if feature_store.multilabel else math.log(feature_store.n_classes)
+        max_entropy = math.log(2) if feature_store.multilabel else math.log(logits.n_columns)
         result["png"] = str(_plot(Path(png), splits, entropy, confidence, max_entropy, feature_store.multilabel))
     return result
 

@@ -2,7 +2,9 @@
 
 Inputs:  a complete feature store; optionally a logits store (--logits) or a teacher checkpoint (--teacher).
 Outputs: OUT/ with config.yaml, final.pt (the exported model: wa.pt when weight averaging ran, else the
-         last epoch's weights), best.pt, wa.pt, results.json, test_predictions.npz, metrics.jsonl/.csv,
+         last epoch's weights), best.pt, wa.pt, results.json, test_predictions.npz (rows, clip_ids,
+         scores, targets; a student's teacher_scores, and teacher_classes when its teacher scores only
+         those corpus classes), metrics.jsonl/.csv,
          tensorboard/, curves.png, checkpoints/last.pt (resume state).
 Resume:  --resume continues from checkpoints/last.pt exactly (model, optimiser, scheduler, sampler; the
          augmentation and dropout draws are functions of seed, epoch, step and rank).
@@ -119,6 +121,8 @@ def write_run_folder(trainer: Trainer, outcome: FitOutcome, logger: RunLogger | 
         if teacher_scores is not None:
             results["teacher"] = trainer.teacher.info
             predictions["teacher_scores"] = teacher_scores
+            if trainer.teacher.kd_classes is not None:  # its columns: these corpus classes
+                predictions["teacher_classes"] = trainer.teacher.kd_classes
         save_npz_atomic(out / "test_predictions.npz", **predictions)
         write_json_atomic(out / "results.json", results)
         if logger:

@@ -51,3 +51,24 @@ def test_the_probe_sees_an_import(tmp_path: Path) -> None:
     """The probe is not blind: a heavy module imported in the same interpreter is reported."""
     assert loaded_modules(["--help"], tmp_path, preload="zarr") == {"torch": False, "distributed": False,
                                                                     "zarr": True}
+
+
+@pytest.mark.parametrize("kind", ["pth", "safetensors", "checkpoint"])
+def test_planning_with_a_published_teacher_reads_its_family_without_torch(kind: str, tmp_path: Path) -> None:
+    """`plan --teacher FILE` learns the teacher's family from its key names (a torch zip's pickle read with
+    stand-ins, a safetensors header, our checkpoint's model_config), so Make's planning stays light."""
+    import torch
+    from safetensors.torch import save_file
+
+    keys = {"module.v.patch_embed.proj.weight": torch.zeros(1), "module.v.pos_embed": torch.zeros(1)}
+    path = tmp_path / f"teacher.{'safetensors' if kind == 'safetensors' else 'pth'}"
+    if kind == "safetensors":
+        save_file(keys, path)
+    elif kind == "checkpoint":
+        torch.save({"format": "cmkd-pipe/checkpoint/1", "model_config": {"arch": "ast"}, "state_dict": keys}, path)
+    else:
+        torch.save(keys, path)
+    loaded = loaded_modules(["plan", "--out", "plan.mk", "--dataset", "fsd50k", "--run-dir", "run", "--data-root",
+                             "data", "--teacher", str(path)], tmp_path)
+    assert not any(loaded.values()), loaded
+    assert "import-ast/stage.json:" in (tmp_path / "plan.mk").read_text()

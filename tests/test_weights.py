@@ -10,6 +10,7 @@ from pipeline.models import WeightsError, build_model, load_imagenet_from_hub, l
 from pipeline.models import weights as weights_module
 from pipeline.models.posembed import adapt_pos_embed
 from pipeline.models.weights import adapt_ast_to_frames, detect_format, sum_rgb_conv
+from ast_oracle import hf_to_official
 
 transformers = pytest.importorskip("transformers")
 
@@ -39,34 +40,6 @@ def hf_folder(tmp_path_factory):
     with torch.no_grad():
         logits = model(x).logits
     return folder, x, logits, model
-
-
-def hf_to_official(sd: dict) -> dict:
-    """Test oracle: the reverse of HF's convert script (hub key names -> YuanGongND/ast release keys)."""
-    renames = [
-        ("classifier.layernorm", "module.mlp_head.0"), ("classifier.dense", "module.mlp_head.1"),
-        ("audio_spectrogram_transformer.layernorm", "module.v.norm"),
-        ("audio_spectrogram_transformer.", "module.v."),
-        ("embeddings.cls_token", "cls_token"), ("embeddings.distillation_token", "dist_token"),
-        ("embeddings.position_embeddings", "pos_embed"), ("embeddings.patch_embeddings.projection", "patch_embed.proj"),
-        ("encoder.layer", "blocks"), ("attention.output.dense", "attn.proj"), ("layernorm_before", "norm1"),
-        ("layernorm_after", "norm2"), ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2"),
-    ]
-    out, qkv = {}, {}
-    for key, value in sd.items():
-        for old, new in renames:
-            key = key.replace(old, new)
-        if ".attention.attention." in key:
-            prefix, part, kind = key.rsplit(".", 2)
-            qkv.setdefault(prefix.replace("attention.attention", "attn.qkv") + "." + kind, {})[part] = value
-        else:
-            out[key] = value
-    for key, parts in qkv.items():
-        out[key] = torch.cat([parts["query"], parts["key"], parts["value"]])
-    dim = sd["classifier.dense.weight"].shape[1]
-    out["module.v.head.weight"], out["module.v.head.bias"] = torch.randn(1000, dim), torch.randn(1000)  # ignored
-    out["module.v.head_dist.weight"], out["module.v.head_dist.bias"] = torch.randn(1000, dim), torch.randn(1000)
-    return out
 
 
 # ---------------------------------------------------------------- AST: official / Hugging Face

@@ -16,8 +16,8 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from pipeline.models.ast_options import (AST_SIZES, IMAGENET_SOURCES, N_TOKENS, VIT_NORM_EPS,  # noqa: F401
-                                         ASTConfig, ast_dims)
+from pipeline.models.ast_options import (AST_SIZES, HEAD_NORM_EPS, IMAGENET_SOURCES, N_TOKENS,  # noqa: F401
+                                         VIT_NORM_EPS, ASTConfig, ast_dims)
 
 # size name -> (embed_dim, depth, num_heads) of the DeiT backbone it starts from
 
@@ -64,9 +64,9 @@ class ASTEmbeddings(nn.Module):
 class ASTHead(nn.Module):
     """LayerNorm + Linear on the pooled token (AST's `mlp_head`)."""
 
-    def __init__(self, embed_dim: int, n_classes: int) -> None:
+    def __init__(self, embed_dim: int, n_classes: int, eps: float = HEAD_NORM_EPS) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = nn.LayerNorm(embed_dim, eps=eps)
         self.fc = nn.Linear(embed_dim, n_classes)
         self.reset_parameters()
 
@@ -85,7 +85,8 @@ class AST(nn.Module):
     def __init__(self, n_classes: int, n_mels: int, n_frames: int, *, size: str = "base384",
                  embed_dim: int | None = None, depth: int | None = None, num_heads: int | None = None,
                  patch: int = 16, fstride: int = 10, tstride: int = 10, drop_rate: float = 0.0,
-                 drop_path: float = 0.0) -> None:
+                 drop_path: float = 0.0, norm_eps: float = VIT_NORM_EPS,
+                 head_norm_eps: float = HEAD_NORM_EPS) -> None:
         super().__init__()
         embed_dim, depth, num_heads = ast_dims(size, embed_dim, depth, num_heads)
         self.n_classes, self.n_mels, self.input_frames = n_classes, n_mels, n_frames
@@ -93,22 +94,30 @@ class AST(nn.Module):
         self.config: dict[str, Any] = {
             "arch": "ast", "size": size, "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads,
             "patch": patch, "fstride": fstride, "tstride": tstride, "drop_rate": drop_rate,
-            "drop_path": drop_path,
+            "drop_path": drop_path, "norm_eps": norm_eps, "head_norm_eps": head_norm_eps,
         }
         self.embeddings = ASTEmbeddings(embed_dim, self.grid, patch, fstride, tstride, drop_rate)
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth ramp
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio=4.0, qkv_bias=True, proj_drop=drop_rate, drop_path=rate,
-                  norm_layer=partial(nn.LayerNorm, eps=VIT_NORM_EPS))
+                  norm_layer=partial(nn.LayerNorm, eps=norm_eps))
             for rate in rates
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=VIT_NORM_EPS)
-        self.head = ASTHead(embed_dim, n_classes)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.head = ASTHead(embed_dim, n_classes, head_norm_eps)
         self.blocks.apply(_init_vit_linear)
 
     @property
     def embed_dim(self) -> int:
         return self.config["embed_dim"]
+
+    def set_norm_eps(self, norm_eps: float, head_norm_eps: float) -> None:
+        """Use these LayerNorm eps (the encoder's, the head's), e.g. those of imported weights' config."""
+        for module in (*self.blocks.modules(), self.norm):
+            if isinstance(module, nn.LayerNorm):
+                module.eps = norm_eps
+        self.head.norm.eps = head_norm_eps
+        self.config.update(norm_eps=norm_eps, head_norm_eps=head_norm_eps)
 
     def reset_head(self) -> None:
         """Re-initialise the classification head (used when importing weights with a new head)."""
@@ -140,4 +149,5 @@ def build_ast(config: ASTConfig, n_classes: int, n_mels: int, n_frames: int) -> 
     """The AST family's model for `config` (registered in pipeline.models.ast_options)."""
     return AST(n_classes, n_mels, n_frames, size=config.size, embed_dim=config.embed_dim, depth=config.depth,
                num_heads=config.num_heads, patch=config.patch, fstride=config.fstride, tstride=config.tstride,
-               drop_rate=config.drop_rate, drop_path=config.drop_path)
+               drop_rate=config.drop_rate, drop_path=config.drop_path, norm_eps=config.norm_eps,
+               head_norm_eps=config.head_norm_eps)

@@ -21,6 +21,7 @@ IMAGENET_SOURCES: dict[str, tuple[str, int]] = {
 }
 N_TOKENS = 2  # [CLS] + distillation token
 VIT_NORM_EPS = 1e-6  # timm/DeiT LayerNorm eps inside the encoder
+HEAD_NORM_EPS = 1e-5  # the official AST's mlp_head LayerNorm (torch's default)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ASTConfig:
     tstride: int = 10  # patch stride over time
     drop_rate: float = 0.0  # dropout after the position embedding and in the blocks, in [0, 1)
     drop_path: float = 0.0  # largest stochastic-depth rate (ramped over the blocks), in [0, 1)
+    norm_eps: float = VIT_NORM_EPS  # eps of the encoder LayerNorms (timm/DeiT 1e-6; a HF config's layer_norm_eps)
+    head_norm_eps: float = HEAD_NORM_EPS  # eps of the head LayerNorm (AST's mlp_head: torch's 1e-5)
 
     def __post_init__(self) -> None:
         ast_dims(self.size, self.embed_dim, self.depth, self.num_heads)  # raises on bad sizes
@@ -46,6 +49,9 @@ class ASTConfig:
         for name in ("drop_rate", "drop_path"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model config: {name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("norm_eps", "head_norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"model config: {name} must be > 0, got {getattr(self, name)!r}")
 
 
 def ast_dims(size: str, embed_dim: int | None, depth: int | None, num_heads: int | None) -> tuple[int, int, int]:

@@ -1,9 +1,11 @@
 """Our checkpoint file: weights plus everything needed to rebuild and use the model safely.
 
 A torch file holding {"format": FORMAT, "model_config", "n_classes", "n_mels", "n_frames",
-"feature_config", "normalization", "vocabulary", "code_version", "state_dict", "extra"}; it loads
-with `torch.load(weights_only=True)`. `check_compatible` refuses a front-end or label set other than
-the one the model was trained on.
+"feature_config", "normalization", "vocabulary", "code_version", "state_dict", "extra"} and, for a
+teacher imported for a corpus with other labels (`cmkd-pipe import-teacher`), "label_map"
+(pipeline.label_map.LabelMap: which output scores which corpus class); it loads with
+`torch.load(weights_only=True)`. `check_compatible` refuses a front-end or label set other than the one
+the model was trained on, unless a label map recorded for exactly that corpus vocabulary bridges them.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from pipeline.config import FeatureConfig, Normalization
+from pipeline.label_map import LabelMap, same_labels, vocabulary_hash
 from pipeline.models.factory import build_model
 from pipeline.models.weights import load_strict
 from pipeline.records import torch_save_atomic
@@ -36,8 +39,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, feature_config: dict[str, Any],
-                    normalization: dict[str, float], vocabulary: list[dict], extra: dict | None = None) -> Path:
-    """Write the checkpoint atomically (pipeline.records.torch_save_atomic)."""
+                    normalization: dict[str, float], vocabulary: list[dict], extra: dict | None = None,
+                    label_map: LabelMap | None = None) -> Path:
+    """Write the checkpoint atomically (pipeline.records.torch_save_atomic); `vocabulary` names the model's
+    outputs, `label_map` (an imported teacher) maps them onto a corpus vocabulary."""
     path = Path(path)
     model = unwrap_model(model)
     features = FeatureConfig.from_dict(feature_config)  # validates the fields
@@ -63,6 +68,11 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, feature_config
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
+    if label_map is not None:
+        if label_map.n_teacher != model.n_classes:
+            raise ValueError(f"save_checkpoint {path}: label map for {label_map.n_teacher} outputs, the model has "
+                             f"{model.n_classes}")
+        payload["label_map"] = label_map.to_dict()
     torch_save_atomic(path, payload)
     return path
 
@@ -80,7 +90,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ValueError(
             f"checkpoint {path}: not a cmkd-pipe checkpoint (format {found!r}, expected {FORMAT!r}); "
-            "import external weights with load_weights (--init)"
+            "turn published weights into a teacher with `cmkd-pipe import-teacher WEIGHTS --features STORE --out "
+            "teacher.pt`, or start training from them with `cmkd-pipe train --weights`"
         )
     return data
 
@@ -95,19 +106,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return model, meta
 
 
-def check_compatible(meta: dict, feature_config: dict[str, Any], vocabulary: list[dict]) -> None:
-    """Raise ValueError naming what differs between a checkpoint's front-end/labels and the data's."""
+def check_compatible(meta: dict, feature_config: dict[str, Any], vocabulary: list[dict]) -> LabelMap | None:
+    """Raise ValueError naming what differs between a checkpoint's front-end/labels and the data's. Returns
+    None when the labels are the data's, or the checkpoint's label map when it was imported for them."""
     problems = FeatureConfig.from_dict(meta["feature_config"]).differences(FeatureConfig.from_dict(feature_config))
     if problems:
         raise ValueError(f"checkpoint and data use different features: {'; '.join(problems)} (checkpoint != data)")
     ours, theirs = meta["vocabulary"], vocabulary
+    if same_labels(ours, theirs):
+        return None
+    if meta.get("label_map"):
+        label_map = LabelMap.from_dict(meta["label_map"])
+        if label_map.corpus_vocabulary_hash == vocabulary_hash(theirs):
+            return label_map
+        raise ValueError(f"the teacher was imported for another label vocabulary (hash "
+                         f"{label_map.corpus_vocabulary_hash}, the data's {vocabulary_hash(theirs)}); import it "
+                         "again with `cmkd-pipe import-teacher WEIGHTS --features` for this feature store")
+    hint = "; a published teacher with other labels is mapped by `cmkd-pipe import-teacher`"
     if len(ours) != len(theirs):
-        raise ValueError(f"checkpoint has {len(ours)} labels, the data {len(theirs)}")
+        raise ValueError(f"checkpoint has {len(ours)} labels, the data {len(theirs)}{hint}")
     for i, (a, b) in enumerate(zip(ours, theirs)):
         if (str(a["id"]), str(a["name"])) != (str(b["id"]), str(b["name"])):
             raise ValueError(
-                f"label {i} differs: checkpoint {a['id']!r} ({a['name']}) vs data {b['id']!r} ({b['name']})"
+                f"label {i} differs: checkpoint {a['id']!r} ({a['name']}) vs data {b['id']!r} ({b['name']}){hint}"
             )
+    return None
 
 
 def file_sha256(path: str | os.PathLike) -> str:

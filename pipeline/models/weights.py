@@ -11,8 +11,10 @@ except `load_imagenet_from_hub`, which the CLI calls only when the user asks for
                 `module.v.head*` ignored). The source grid is taken to have the model's frequency
                 rows, so a checkpoint trained at another length is adapted in time.
   ast-hf        a Hugging Face ASTForAudioClassification folder (config.json + model.safetensors) or
-                state dict: separate query/key/value fused into qkv, `classifier.*` -> head. Our
-                LayerNorm eps stays timm's 1e-6 (what the AST was trained with; HF uses 1e-12).
+                state dict: separate query/key/value fused into qkv, `classifier.*` -> head. A folder's
+                config.json `layer_norm_eps` becomes the model's encoder and head LayerNorm eps (HF
+                uses it for both; a bare state dict keeps ours: 1e-6 encoder, 1e-5 head, as the
+                official AST).
   psla          a YuanGongND/psla EfficientNet checkpoint (`module.effnet.*` efficientnet_pytorch
                 names): blocks are matched by order, layers by name, shapes checked. Use a
                 `tf_efficientnet_b*` variant (same padding and BN eps as efficientnet_pytorch: features
@@ -45,6 +47,7 @@ from pipeline.models.cnn import CNNClassifier
 from pipeline.models.factory import build_model
 from pipeline.models.posembed import adapt_pos_embed
 from pipeline.models.registry import family_of_model
+from pipeline.models.weight_formats import detect_format
 
 StateDict = dict[str, Tensor]
 HEAD_PREFIX = "head."
@@ -311,27 +314,6 @@ def _read_file(path: Path) -> StateDict:
     return obj
 
 
-def detect_format(sd: StateDict) -> str:
-    """Name of the weights format from its key names (see the module docstring)."""
-    keys = set(strip_prefix(sd, "module."))
-    if "embeddings.patch_embed.proj.weight" in keys:
-        return "native-ast"
-    if any(k.startswith("backbone.") for k in keys):
-        return "native-cnn"
-    if "v.patch_embed.proj.weight" in keys:
-        return "ast-official"
-    if any(k.startswith(("audio_spectrogram_transformer.", "embeddings.patch_embeddings.")) for k in keys):
-        return "ast-hf"
-    if "_conv_stem.weight" in keys or "effnet._conv_stem.weight" in keys:
-        return "psla"
-    if "patch_embed.proj.weight" in keys and "pos_embed" in keys:
-        return "timm-vit"
-    if any(k.endswith(("conv_stem.weight", "conv1.weight", "stem.conv.weight", "features.0.0.weight"))
-           or ".conv" in k for k in keys):
-        return "timm-cnn"
-    return "unknown"
-
-
 def load_weights(model: nn.Module, path: str | Path, new_head: bool = False) -> str:
     """Load weights from `path` into `model` strictly, in a format its family declares; returns the format."""
     sd, hf_config = read_weights(path)
@@ -378,6 +360,11 @@ def _check_label_count(config: dict | None, sd: StateDict, path: Path) -> None:
 
 
 def _ast_hf(model: AST, sd: StateDict, hf_config: dict | None, path: Path) -> tuple[StateDict, bool]:
+    if hf_config is not None and "layer_norm_eps" in hf_config:
+        eps = hf_config["layer_norm_eps"]
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise WeightsError(f"{path}: config.json layer_norm_eps must be a positive number, got {eps!r}")
+        model.set_norm_eps(float(eps), float(eps))
     return fit_pos_embed(hf_ast_to_ours(sd), model.grid, _hf_grid(hf_config, model, path)), True
 
 

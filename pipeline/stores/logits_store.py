@@ -1,4 +1,8 @@
-"""The teacher-logits store: raw teacher logits for every clip and view of a feature store."""
+"""The teacher-logits store: raw teacher logits for every clip and view of a feature store.
+
+A teacher whose labels differ from the corpus's (an imported AudioSet teacher on FSD50K) scores only the
+corpus classes its label map reaches: the store then holds those columns alone, and `class_map` (attr)
+gives the corpus class index of each column, in corpus order; null means every class, in order."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,6 +13,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pipeline.label_map import vocabulary_hash
 from pipeline.stores.chunks import (StoreError, check_generation, chunk_range, create_store, mark_chunk_done,
                                     n_chunks, open_store, read_strings, require_complete, unreadable_chunk)
 from pipeline.stores.feature_store import FeatureStore, restore_columns, store_root
@@ -19,14 +24,10 @@ from pipeline.version import code_version
 SCHEMA = "cmkd-pipe/logits/2"  # /2: chunk_digest, generation, content digests
 
 
-def vocabulary_hash(vocabulary: list[dict]) -> str:
-    from data_manifests.manifest import Vocabulary
-
-    return Vocabulary.from_records(vocabulary).hash()
-
-
-def provenance(features: FeatureStore, teacher: dict[str, Any], views: dict[str, Any]) -> dict[str, Any]:
-    """The attrs that identify what a logits store was computed from; equal attrs ⇒ resumable."""
+def provenance(features: FeatureStore, teacher: dict[str, Any], views: dict[str, Any],
+               class_map: list[int] | None = None) -> dict[str, Any]:
+    """The attrs that identify what a logits store was computed from; equal attrs ⇒ resumable.
+    `class_map`: the corpus class of each logit column (None: every class, in order)."""
     return {
         "schema": SCHEMA,
         "teacher": teacher,
@@ -38,19 +39,22 @@ def provenance(features: FeatureStore, teacher: dict[str, Any], views: dict[str,
         "multilabel": features.multilabel,
         "views": views,
         "n_clips": len(features),
+        "class_map": None if class_map is None else [int(c) for c in class_map],
     }
 
 
 def create_logits_store(path: str | os.PathLike, features: FeatureStore, teacher: dict[str, Any],
-                        views: dict[str, Any], chunk_clips: int) -> zarr.Group:
-    """Lay out an empty logits store [clips, views, classes] aligned with the feature store's rows."""
-    n, v, k = len(features), int(views["n_views"]), features.n_classes
+                        views: dict[str, Any], chunk_clips: int, class_map: list[int] | None = None) -> zarr.Group:
+    """Lay out an empty logits store [clips, views, classes] aligned with the feature store's rows (classes:
+    the mapped ones when `class_map` is given)."""
+    n, v = len(features), int(views["n_views"])
+    k = features.n_classes if class_map is None else len(class_map)
 
     def build(group: zarr.Group) -> None:
         group.create_array("logits", shape=(n, v, k), chunks=(chunk_clips, v, k), dtype="float32", fill_value=0)
         group.create_array("clip_id", shape=(n,), chunks=(chunk_clips,), dtype=str)[:] = features.clip_ids
 
-    attrs = {**provenance(features, teacher, views), "chunk_clips": chunk_clips,
+    attrs = {**provenance(features, teacher, views, class_map), "chunk_clips": chunk_clips,
              "code_version": code_version(),
              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     return create_store(path, build, attrs, n_chunks(n, chunk_clips))
@@ -96,6 +100,13 @@ class LogitsStore:
         self.chunk_clips = int(self.attrs["chunk_clips"])
         self.n_views = int(self.attrs["views"]["n_views"])
         self.clip_ids = read_strings(self.group["clip_id"])
+        mapped = self.attrs.get("class_map")
+        self.class_map = None if mapped is None else np.asarray(mapped, dtype=np.int64)
+
+    @property
+    def n_columns(self) -> int:
+        """Logit columns per view: the corpus's classes, or the mapped ones."""
+        return int(self.logits.shape[2])
 
     def check_matches(self, features: FeatureStore, vocabulary: list[dict] | None = None) -> None:
         """Refuse, saying what differs, a store not computed from these features / for this vocabulary."""
@@ -109,6 +120,7 @@ class LogitsStore:
         wanted = features.vocabulary if vocabulary is None else vocabulary
         if self.attrs["vocabulary_hash"] != vocabulary_hash(wanted):
             problems.append(_vocabulary_difference(self.attrs["vocabulary"], wanted))
+        problems += self._class_map_problems(features.n_classes)
         if not problems and self.attrs.get("feature_content_digest") != features.content_digest:
             problems.append(f"computed from other feature data (feature store content digest "  # same ids, labels
                             f"{str(self.attrs.get('feature_content_digest'))[:16]} recorded by this logits store, "
@@ -116,6 +128,17 @@ class LogitsStore:
         if problems:
             raise StoreError(f"{self.path}: logits store does not match: " + "; ".join(problems) +
                              ". Recompute it with `cmkd-pipe teacher-logits` for these features")
+
+    def _class_map_problems(self, n_classes: int) -> list[str]:
+        """The columns must be every class, or a class map of distinct corpus classes in order, one per column."""
+        if self.class_map is None:
+            return [] if self.n_columns == n_classes else [
+                f"{self.n_columns} logit columns for {n_classes} classes and no class_map"]
+        cmap = self.class_map
+        if len(cmap) != self.n_columns or not len(cmap) or cmap[0] < 0 or cmap[-1] >= n_classes \
+                or (np.diff(cmap) <= 0).any():
+            return [f"class_map is not {self.n_columns} increasing class indices below {n_classes}"]
+        return []
 
     def verify_readable(self) -> None:
         """Check every chunk file's sha256 against its record and decode every chunk once: a missing,

@@ -66,9 +66,10 @@ def predict_rows(model: nn.Module, store: FeatureStore, rows: np.ndarray, info: 
     """Class probabilities of `model` on store rows: each rank scores every world_size-th row, and every
     rank gets all of them back in `rows` order (a collective call under DDP)."""
     mine = np.arange(info.rank, len(rows), info.world_size)
+    n_outputs = int(getattr(model, "n_classes", store.n_classes))  # an imported teacher may have more
     local = predict_probs(model, batches(store, rows[mine], batch_size, cache=cache), store.multilabel, norm=norm,
-                          device=info.device, n_classes=store.n_classes, amp=amp)
-    out = np.zeros((len(rows), store.n_classes), dtype=np.float32)
+                          device=info.device, n_classes=n_outputs, amp=amp)
+    out = np.zeros((len(rows), n_outputs), dtype=np.float32)
     for index, values in gather_objects((mine, local), info):
         out[index] = values
     return out

@@ -260,7 +260,8 @@ class Trainer:
             row.update({f"test_{k}": v for k, v in _scalars(test_metrics).items()})
             teacher_scores = self.teacher.test_probabilities(self.splits.test)
             if teacher_scores is not None:
-                row["teacher_agreement"] = top1_agreement(test_scores, teacher_scores)
+                row["teacher_agreement"] = top1_agreement(_taught(test_scores, self.teacher.kd_classes),
+                                                          teacher_scores)
             value = val_metrics[self.metric]
             self.epoch += 1
             if value is not None and value > self.best["value"]:
@@ -284,8 +285,14 @@ def wa_range(config: dict[str, Any]) -> tuple[int, int]:
 
 
 def top1_agreement(scores: np.ndarray, other: np.ndarray) -> float:
-    """Share of clips whose top-scoring class is the same in both score matrices."""
+    """Share of clips whose top-scoring class is the same in both score matrices (for a teacher with a
+    label map: among the classes it scores)."""
     return float(np.mean(scores.argmax(axis=1) == other.argmax(axis=1))) if len(scores) else float("nan")
+
+
+def _taught(scores: np.ndarray, classes: np.ndarray | None) -> np.ndarray:
+    """The columns of the classes a teacher scores (all when it scores every class)."""
+    return scores if classes is None else scores[:, classes]
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,8 @@ def build_trainer(request: TrainRequest, dist: DistInfo) -> Trainer:
     teacher = teacher_source(store, config["augment"], dist, logits=request.teacher_logits,
                              checkpoint=request.teacher_checkpoint, teacher_probs=loss.teacher_probs,
                              batch_size=batch_size, amp=amp)
+    if teacher.kd_classes is not None:  # a teacher scoring some classes: distil only those
+        loss.kd_classes = tuple(int(c) for c in teacher.kd_classes)
     meta = {"feature_config": store.feature_config.to_dict(), "normalization": norm.to_dict(),
             "vocabulary": store.vocabulary,
             "extra": {"arch": arch, "feature_fingerprint": store.fingerprint,

@@ -14,6 +14,10 @@ and the teacher's probabilities for that input (None without a teacher):
 
 `test_probabilities(rows)` gives the teacher's (τ = 1) class probabilities on test rows, for the
 agreement metric and test_predictions.npz; the online teacher computes them on first use.
+
+A teacher imported with a label map (an AudioSet teacher on FSD50K) scores only some corpus classes:
+`kd_classes` lists them (corpus indices, in the order of the teacher's columns; None: every class), its KD
+targets and test probabilities have those columns only, and the loss distils only them.
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ class TeacherSource:
         self.augment = {**augment, "mask_value": mask_fill_value(augment.get("mask_fill", "zero"), store.mean)}
         self.device = device
         self.info: dict[str, Any] | None = None  # the teacher's identity, recorded in results.json
+        self.kd_classes: np.ndarray | None = None  # corpus classes the teacher scores (None: all)
 
     def inputs(self, batch: Batch, generator: torch.Generator) -> TrainInputs:
         out = augment_batch(torch.from_numpy(batch.x), torch.from_numpy(batch.y),
@@ -92,6 +97,7 @@ class CachedTeacher(TeacherSource):
         self.views = ViewBuilder(store, spec, ChunkCache.resident(store.fbank, store.chunk_clips), mode)
         self.teacher_probs = teacher_probs
         self.info = _with_run(dict(cached.attrs["teacher"]))
+        self.kd_classes = cached.class_map
 
     def inputs(self, batch: Batch, generator: torch.Generator) -> TrainInputs:
         n = len(batch.indices)
@@ -142,7 +148,11 @@ class OnlineTeacher(TeacherSource):
                  teacher_probs: TeacherProbs, *, batch_size: int, amp: bool) -> None:
         super().__init__(store, augment, dist.device)
         model, meta = load_checkpoint(checkpoint, map_location=dist.device)
-        check_compatible(meta, store.feature_config.to_dict(), store.vocabulary)
+        label_map = check_compatible(meta, store.feature_config.to_dict(), store.vocabulary)
+        self.columns: torch.Tensor | None = None  # the teacher outputs of `kd_classes` (a label map's), None: all
+        if label_map is not None:
+            self.kd_classes = np.asarray(label_map.corpus_classes, dtype=np.int64)
+            self.columns = torch.tensor(label_map.teacher_columns, device=dist.device)
         self.model = model.to(dist.device).eval().requires_grad_(False)
         self.norm = Normalization.from_dict(meta["normalization"])
         self.teacher_probs = teacher_probs
@@ -153,6 +163,8 @@ class OnlineTeacher(TeacherSource):
     def inputs(self, batch: Batch, generator: torch.Generator) -> TrainInputs:
         plain = super().inputs(batch, generator)
         logits = model_logits(self.model, normalize(plain.x, self.norm), self.amp)
+        if self.columns is not None:
+            logits = logits[:, self.columns]
         return TrainInputs(plain.x, plain.y, self.teacher_probs(logits))
 
     def test_probabilities(self, rows: np.ndarray) -> np.ndarray:
@@ -160,6 +172,8 @@ class OnlineTeacher(TeacherSource):
         if self._test is None or not np.array_equal(self._test[0], rows):
             scores = predict_rows(self.model, self.store, rows, self.dist, norm=self.norm,
                                   batch_size=self.batch_size, amp=self.amp)
+            if self.columns is not None:
+                scores = scores[:, self.columns.cpu().numpy()]
             self._test = (np.array(rows), scores)
         return self._test[1]
 
