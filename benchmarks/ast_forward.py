@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from pipeline.models.factory import build_model
-from pipeline.models.weights import hf_ast_to_ours, load_strict
+from cmkd_pipe.pipeline.models.factory import build_model
+from cmkd_pipe.pipeline.models.weights import hf_ast_to_ours, load_strict
 
 
 def _time_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> tuple[float, torch.Tensor]:

@@ -81,9 +81,9 @@ def parse_candidate(text: str) -> tuple[str, tuple[str, list[str]]]:
 # ------------------------------------------------------------------------------------------- data
 def corpus(work: Path, clips_per_class: int) -> Path:
     """The demo corpus and its feature store (built once); returns the feature store path."""
-    from data_manifests.demo import make_demo_corpus
-    from pipeline.config import FeatureConfig
-    from stages.features import run_features
+    from cmkd_pipe.data_manifests.demo import make_demo_corpus
+    from cmkd_pipe.pipeline.config import FeatureConfig
+    from cmkd_pipe.stages.features import run_features
 
     root = work / f"corpus-{clips_per_class}"
     store = root / "features.zarr"
@@ -123,7 +123,7 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
     out = Path(job["out"])
     started = time.perf_counter()
     if job["kind"] == "logits":
-        from stages.teacher_logits import run_teacher_logits
+        from cmkd_pipe.stages.teacher_logits import run_teacher_logits
 
         if not (out / "zarr.json").is_file() or not _store_complete(out):
             run_teacher_logits(job["features"], job["checkpoint"], out, scheduler=None, n_workers=1,
@@ -131,7 +131,7 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
         return {"out": str(out), "seconds": time.perf_counter() - started}
     if (out / "results.json").is_file():
         return json.loads((out / "results.json").read_text()) | {"reused": True}
-    from stages.train import train
+    from cmkd_pipe.stages.train import train
 
     results = train(job["features"], job["family"], out, preset="demo", overrides=job["overrides"],
                     logits=job.get("logits"), teacher=job.get("teacher"), resume=True, progress=False)
@@ -232,7 +232,7 @@ def cmkd(args: argparse.Namespace) -> None:
     students += [train_job(g, f"student-{s}-from-{t}-online", s,
                            teacher=str(run / f"fold-{g}" / f"train-{t}" / "final.pt")) for g in groups]
     run_jobs(students, args.jobs)
-    from stages.report import build_report
+    from cmkd_pipe.stages.report import build_report
 
     report = build_report(run, run / "report")
     print((run / "report" / "report.md").read_text().split("## Missing runs")[0])

@@ -22,12 +22,12 @@ import soundfile as sf
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-from data_manifests.demo import make_demo_corpus
-from data_manifests.manifest import Manifest
-from pipeline.audio import resample
-from pipeline.config import FeatureConfig
-from pipeline.stores.feature_store import FeatureStore
-from stages.features import run_features
+from cmkd_pipe.data_manifests.demo import make_demo_corpus
+from cmkd_pipe.data_manifests.manifest import Manifest
+from cmkd_pipe.pipeline.audio import resample
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.stages.features import run_features
 
 
 def seconds(fn: Callable[[], object]) -> float:

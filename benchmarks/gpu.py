@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 import torch
 
-from pipeline.losses import CMKDLoss
-from pipeline.models.factory import build_model
+from cmkd_pipe.pipeline.losses import CMKDLoss
+from cmkd_pipe.pipeline.models.factory import build_model
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of devices this may meet, from their makers' data sheets.
 # torch names an H100 SXM "NVIDIA H100 80GB HBM3" and the PCIe card "NVIDIA H100 PCIe".

@@ -25,17 +25,17 @@ from pathlib import Path
 
 import torch
 
-from data_manifests.demo import make_demo_corpus
-from pipeline.config import FeatureConfig
-from pipeline.predict import autocast_for
-from pipeline.training.batches import batches
-from pipeline.training.distributed import DistInfo
-from pipeline.training.engine import Trainer, TrainRequest
-from pipeline.models.registry import configured_families
-from pipeline.training.presets import resolve_config
-from pipeline.training.setup import build_trainer
-from stages.features import run_features
-from stages.teacher_logits import run_teacher_logits
+from cmkd_pipe.data_manifests.demo import make_demo_corpus
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.predict import autocast_for
+from cmkd_pipe.pipeline.training.batches import batches
+from cmkd_pipe.pipeline.training.distributed import DistInfo
+from cmkd_pipe.pipeline.training.engine import Trainer, TrainRequest
+from cmkd_pipe.pipeline.models.registry import configured_families
+from cmkd_pipe.pipeline.training.presets import resolve_config
+from cmkd_pipe.pipeline.training.setup import build_trainer
+from cmkd_pipe.stages.features import run_features
+from cmkd_pipe.stages.teacher_logits import run_teacher_logits
 
 
 def make_trainer(features: Path, arch: str, out: Path, device: str, overrides: list[str],

@@ -26,16 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 
 
 def build(spec: dict[str, Any], n_classes: int, frames: int, bins: int) -> torch.nn.Module:
     if spec["model"] == "ast":
-        from pipeline.models.ast import AST
+        from cmkd_pipe.pipeline.models.ast import AST
         return AST(n_classes, bins, frames, size="custom", embed_dim=spec.get("dim", 64), depth=spec.get("depth", 2),
                    num_heads=spec.get("heads", 4), patch=spec.get("patch", 16), fstride=spec.get("fs", 16),
                    tstride=spec.get("ts", 16))
-    from pipeline.models.cnn import CNNClassifier
+    from cmkd_pipe.pipeline.models.cnn import CNNClassifier
     return CNNClassifier(spec.get("arch", "test_efficientnet"), n_classes, bins, frames, pooling=spec.get("pool", "mean"))
 
 

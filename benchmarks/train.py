@@ -21,19 +21,19 @@ import numpy as np
 import torch
 
 from benchmarks.ast_forward import compare_ast_forward
-from data_manifests.demo import make_demo_corpus
-from data_manifests.manifest import Manifest
-from pipeline.audio import load_audio
-from pipeline.config import FeatureConfig
-from pipeline.features import clip_features
-from pipeline.stores.feature_store import FeatureStore
-from pipeline.training.batches import Batch, batches
-from pipeline.training.distributed import DistInfo
-from pipeline.training.engine import Trainer, TrainRequest
-from pipeline.models.registry import configured_families
-from pipeline.training.presets import resolve_config
-from pipeline.training.setup import build_trainer
-from stages.features import run_features
+from cmkd_pipe.data_manifests.demo import make_demo_corpus
+from cmkd_pipe.data_manifests.manifest import Manifest
+from cmkd_pipe.pipeline.audio import load_audio
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.features import clip_features
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.training.batches import Batch, batches
+from cmkd_pipe.pipeline.training.distributed import DistInfo
+from cmkd_pipe.pipeline.training.engine import Trainer, TrainRequest
+from cmkd_pipe.pipeline.models.registry import configured_families
+from cmkd_pipe.pipeline.training.presets import resolve_config
+from cmkd_pipe.pipeline.training.setup import build_trainer
+from cmkd_pipe.stages.features import run_features
 
 
 def decoded_batches(manifest: Manifest, store: FeatureStore, order: np.ndarray, batch_size: int) -> Iterator[Batch]:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import ErrorBoundary, fail, print_json
+from cmkd_pipe.cli.common import ErrorBoundary, fail, print_json
 
 app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CNN/Transformer cross-model knowledge distillation for audio classification.")
@@ -25,7 +25,7 @@ def demo_data(out_dir: Path,
               multilabel: Annotated[bool, typer.Option(help="mixtures of 1–3 events per clip")] = False,
               clips_per_class: int = 80, seed: int = 0) -> None:
     """Write the built-in synthetic demo corpus (wav files + manifest) to OUT_DIR."""
-    from data_manifests.demo import make_demo_corpus
+    from cmkd_pipe.data_manifests.demo import make_demo_corpus
 
     manifest = make_demo_corpus(out_dir, multilabel=multilabel, clips_per_class=clips_per_class, seed=seed)
     typer.echo(f"{len(manifest)} clips, {len(manifest.vocabulary)} classes → {out_dir / 'manifest'}")
@@ -39,7 +39,7 @@ def manifest(kind: Annotated[str, typer.Argument(help="esc50 | fsd50k | audioset
     """Build a validated manifest from a corpus in its published layout."""
     import yaml
 
-    from data_manifests.builders import build_manifest
+    from cmkd_pipe.data_manifests.builders import build_manifest
 
     options = {}
     for item in option:
@@ -62,8 +62,8 @@ def features(manifest_dir: Annotated[Path, typer.Option("--manifest", help="mani
              max_bad_fraction: Annotated[float, typer.Option(help="fail when more clips than this are unusable")] = 0.05,
              overwrite: bool = False) -> None:
     """Compute the Kaldi fbank of every clip into a chunked Zarr store (resumable, Dask-parallel)."""
-    from cli import stage_runner
-    from pipeline.config import FeatureConfig
+    from cmkd_pipe.cli import stage_runner
+    from cmkd_pipe.pipeline.config import FeatureConfig
 
     config = FeatureConfig(sample_rate=sample_rate, num_mel_bins=num_mel_bins, frame_length_ms=frame_length_ms,
                            frame_shift_ms=frame_shift_ms, target_frames=target_frames)
@@ -82,8 +82,8 @@ Model = Annotated[str, typer.Option("--model", help="a model family (cnn | ast |
 def _train_command(features: Path, model: str, out: Path, preset: str, overrides: list[str], resume: bool,
                    weights: Optional[Path], new_head: bool, pretrained_from_hub: bool, device: Optional[str],
                    logits: Optional[Path] = None, teacher: Optional[Path] = None, overwrite: bool = False) -> None:
-    from cli import stage_runner
-    from pipeline.training.presets import resolve_config
+    from cmkd_pipe.cli import stage_runner
+    from cmkd_pipe.pipeline.training.presets import resolve_config
 
     teacher_io = {"teacher": str(logits or teacher)} if (logits or teacher) else {}
     results = stage_runner.train(
@@ -137,7 +137,7 @@ def train_student_cmd(logits: Annotated[Optional[Path], typer.Option(help="cache
 
     `cmkd-pipe train-student --logits store.zarr` is enough: the feature store, recipe and model family come
     from the store's provenance; every default is printed at the start and any flag overrides it."""
-    from pipeline.training.student_defaults import student_defaults
+    from cmkd_pipe.pipeline.training.student_defaults import student_defaults
 
     if (logits is None) == (teacher is None):
         fail(ValueError("give exactly one of --logits STORE (cached teacher) or --teacher CKPT (online teacher)"))
@@ -157,7 +157,7 @@ def evaluate_cmd(checkpoint: Annotated[Path, typer.Argument(help="model checkpoi
                  out: Annotated[Optional[Path], typer.Option(help="write the metrics JSON here")] = None,
                  device: Optional[str] = None) -> None:
     """Score a checkpoint on a split: accuracy; mAP, mAUC, d′ for multi-label data."""
-    from stages.evaluate import evaluate_checkpoint
+    from cmkd_pipe.stages.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, features, split, device=device, out=out)
     result.pop("per_class_ap", None)
@@ -172,8 +172,8 @@ def cv_cmd(features: Annotated[Path, typer.Option(help="feature store with folds
            weights: Optional[Path] = None, new_head: bool = False, pretrained_from_hub: bool = False,
            device: Optional[str] = None) -> None:
     """K-fold cross-validation (ESC-50): one run per fold, mean ± sample std (ddof=1) of the metric."""
-    from stages.cv import run_cv
-    from stages.train import train
+    from cmkd_pipe.stages.cv import run_cv
+    from cmkd_pipe.stages.train import train
 
     summary = run_cv(train, features, model, out, folds=[int(f) for f in folds.split(",")], preset=preset,
                      overrides=set_, weights=str(weights) if weights else None, new_head=new_head,
@@ -190,9 +190,9 @@ def cv_cmd(features: Annotated[Path, typer.Option(help="feature store with folds
 def print_config(preset: Preset = "demo", set_: Set = [],
                  model: Annotated[Optional[str], typer.Option(help="show the values for one model family")] = None) -> None:
     """Print a preset with overrides applied (the exact config a run records)."""
-    from pipeline.config import dump_config
-    from pipeline.models.registry import family_of_arch
-    from pipeline.training.presets import resolve_config, select_family
+    from cmkd_pipe.pipeline.config import dump_config
+    from cmkd_pipe.pipeline.models.registry import family_of_arch
+    from cmkd_pipe.pipeline.training.presets import resolve_config, select_family
 
     config = resolve_config(preset, set_)
     if model:
@@ -212,8 +212,8 @@ def _run_options(dataset: str, data_root: Optional[Path], run_dir: Optional[Path
     """The run's options; what is not given is taken from the run's run.json (what its last `run` used),
     so `status` or a rerun typed without DATA_ROOT, SET, PRESET or TEACHER means the same run
     (`--teacher none` drops the recorded published teachers)."""
-    from pipeline.records import read_json
-    from stages.graph import RunOptions, teacher_arguments
+    from cmkd_pipe.pipeline.records import read_json
+    from cmkd_pipe.stages.graph import RunOptions, teacher_arguments
 
     run_dir = run_dir or Path("runs") / dataset
     recorded = read_json(run_dir / "run.json") or {}
@@ -272,7 +272,7 @@ def run_cmd(dataset: Dataset = "demo", data_root: Annotated[Optional[Path], type
             teacher: Teacher = [], teacher_labels: TeacherLabels = None, allow_unmapped: AllowUnmapped = False
             ) -> None:
     """Run the CMKD experiment of a dataset: only the stages not done (or stale), then print the report."""
-    from stages import graph
+    from cmkd_pipe.stages import graph
 
     options = _run_options(dataset, data_root, run_dir, set_, scheduler, workers, nproc, device,
                            pretrained_from_hub, folds, val_on_test, jobs, preset, teacher, teacher_labels,
@@ -292,7 +292,7 @@ def _print_partial_report(run_dir: Path) -> None:
     """The report of the runs that exist so far (after `run --until`), built aside, not recorded."""
     import tempfile
 
-    from stages.report import ReportError, build_report, markdown
+    from cmkd_pipe.stages.report import ReportError, build_report, markdown
 
     with tempfile.TemporaryDirectory() as out:
         try:
@@ -310,7 +310,7 @@ def status_cmd(dataset: Dataset = "demo", data_root: Optional[Path] = None, run_
                teacher: Teacher = [], teacher_labels: TeacherLabels = None, allow_unmapped: AllowUnmapped = False
                ) -> None:
     """Table of stages: done / stale (why) / failed (last error, log) / not started, with chunk progress."""
-    from stages import graph
+    from cmkd_pipe.stages import graph
 
     options = _run_options(dataset, data_root, run_dir, set_, folds=folds, val_on_test=val_on_test, preset=preset,
                            teachers=teacher, teacher_labels=teacher_labels, allow_unmapped=allow_unmapped)
@@ -328,8 +328,8 @@ def plan_cmd(out: Annotated[Path, typer.Option(help="Make include file to write"
              teacher: Teacher = [], teacher_labels: TeacherLabels = None, allow_unmapped: AllowUnmapped = False,
              cli: Annotated[str, typer.Option(help="how Make calls the CLI")] = "cmkd-pipe") -> None:
     """Write Make rules whose targets are the stages' completion records (used by the Makefile)."""
-    from pipeline.records import write_text_atomic
-    from stages import graph
+    from cmkd_pipe.pipeline.records import write_text_atomic
+    from cmkd_pipe.stages import graph
 
     options = _run_options(dataset, data_root, run_dir, set_, scheduler, None, nproc, None, pretrained_from_hub,
                            folds, val_on_test, preset=preset, teachers=teacher, teacher_labels=teacher_labels,
@@ -343,14 +343,14 @@ def plan_cmd(out: Annotated[Path, typer.Option(help="Make include file to write"
 def run_stage_cmd(folder: Annotated[Path, typer.Argument(help="a stage folder holding the config.json the graph wrote")]
                   ) -> None:
     """Run one stage exactly as its config.json says (what `run` and Make execute)."""
-    from cli import stage_runner
+    from cmkd_pipe.cli import stage_runner
 
     stage_runner.run_stage_dir(folder)
 
 
 def _register_stage_commands() -> None:
     """Commands whose argument parsing lives beside their stage's CLI module."""
-    from cli import logits, report, sweep, tag, teachers
+    from cmkd_pipe.cli import logits, report, sweep, tag, teachers
 
     logits.register(app)
     teachers.register(app)

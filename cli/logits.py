@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import fail, print_json
+from cmkd_pipe.cli.common import fail, print_json
 
 
 
@@ -39,9 +39,9 @@ def teacher_logits(
     overwrite: Annotated[bool, typer.Option(help="delete an existing logits store at --out first")] = False,
 ) -> None:
     """Cache the teacher's raw logits for every clip and view of a feature store (resumable, Dask-parallel)."""
-    from cli import stage_runner
-    from pipeline.models.checkpoint import read_checkpoint
-    from pipeline.parallel import StageTasksFailed
+    from cmkd_pipe.cli import stage_runner
+    from cmkd_pipe.pipeline.models.checkpoint import read_checkpoint
+    from cmkd_pipe.pipeline.parallel import StageTasksFailed
 
     if features is None:
         recorded = read_checkpoint(checkpoint).get("extra", {}).get("feature_store")
@@ -71,7 +71,7 @@ def inspect_logits(
     = None,
 ) -> None:
     """Completeness, provenance and the teacher's metrics per split of a logits store."""
-    from stages.teacher_logits import inspect_logits as inspect
+    from cmkd_pipe.stages.teacher_logits import inspect_logits as inspect
 
     try:
         summary = inspect(store, features, png)

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import fail
+from cmkd_pipe.cli.common import fail
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
                out: Annotated[Optional[Path], typer.Option(help="report folder (default: RUN_DIR/report)")] = None,
                ) -> None:
         """Compare baselines and KD students over all groups: report.md/.json and figures; prints the table."""
-        from stages.report import build_report, markdown_table
+        from cmkd_pipe.stages.report import build_report, markdown_table
 
         try:
             built = build_report(run_dir, out)

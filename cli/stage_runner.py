@@ -36,7 +36,7 @@ def run(kind: str, params: Settings, io: Settings, runtime: Settings) -> Any:
 
 
 def manifest(params: Settings, io: Settings, runtime: Settings) -> Any:
-    from data_manifests.builders import build_manifest
+    from cmkd_pipe.data_manifests.builders import build_manifest
 
     built = build_manifest(params["builder"], Path(params["data_root"]), **params.get("options", {}))
     built.save(Path(io["out"]))
@@ -44,8 +44,8 @@ def manifest(params: Settings, io: Settings, runtime: Settings) -> Any:
 
 
 def features(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any]:
-    from pipeline.config import FeatureConfig
-    from stages.features import run_features
+    from cmkd_pipe.pipeline.config import FeatureConfig
+    from cmkd_pipe.stages.features import run_features
 
     return run_features(io["manifest"], io["out"], config=FeatureConfig.from_dict(params["features"]),
                         chunk_clips=int(params["chunk_clips"]), scheduler=_scheduler(runtime),
@@ -57,7 +57,7 @@ def features(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any
 
 
 def teacher_logits(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any]:
-    from stages.teacher_logits import run_teacher_logits
+    from cmkd_pipe.stages.teacher_logits import run_teacher_logits
 
     views = params["views"]
     return run_teacher_logits(io["features"], io["checkpoint"], io["out"], views=int(views["n_views"]),
@@ -74,7 +74,7 @@ def teacher_logits(params: Settings, io: Settings, runtime: Settings) -> dict[st
 
 def import_teacher(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any]:
     """A published checkpoint made a teacher: params {family, overrides, allow_unmapped, preset, preset_overrides}."""
-    from stages.import_teacher import run_import_teacher
+    from cmkd_pipe.stages.import_teacher import run_import_teacher
 
     return run_import_teacher(io["weights"], io["features"], io["out"], family=params.get("family"),
                               overrides=params.get("overrides", []), labels=io.get("labels"),
@@ -84,7 +84,7 @@ def import_teacher(params: Settings, io: Settings, runtime: Settings) -> dict[st
 
 def train(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any]:
     """A training run: params {family, config (resolved), teacher: None | logits | checkpoint}."""
-    from stages.train import train as train_stage
+    from cmkd_pipe.stages.train import train as train_stage
 
     teacher = params.get("teacher")
     config = params["config"]
@@ -106,7 +106,7 @@ def _scheduler(runtime: Settings) -> str | None:
 
 
 def report(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any]:
-    from stages.report import build_report
+    from cmkd_pipe.stages.report import build_report
 
     return build_report(io["run_dir"], io["out"])
 

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import fail
+from cmkd_pipe.cli.common import fail
 
 
 def parse_grid(text: str, option: str) -> list[float]:
@@ -38,9 +38,9 @@ def kd_sweep(
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda when available)")] = None,
 ) -> None:
     """Grid over τ and λ: one KD student per point, selected by the validation split's metric (resumable)."""
-    from pipeline.stores.chunks import StoreError
-    from stages.kd_sweep import markdown_table, run_kd_sweep
-    from stages.train import train
+    from cmkd_pipe.pipeline.stores.chunks import StoreError
+    from cmkd_pipe.stages.kd_sweep import markdown_table, run_kd_sweep
+    from cmkd_pipe.stages.train import train
 
     try:
         summary = run_kd_sweep(train, features, logits, model, out, preset=preset, taus=parse_grid(taus, "--taus"),

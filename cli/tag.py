@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import fail, print_json
+from cmkd_pipe.cli.common import fail, print_json
 
 MultiLabel = Annotated[Optional[bool], typer.Option("--multilabel/--single-label",
                                                     help="sigmoid or softmax scores (default: what the model "
@@ -31,7 +31,7 @@ def tag(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Tag audio of any length and sample rate: sliding windows, clip scores, top-k labels."""
-    from stages.tag import run_tag, table
+    from cmkd_pipe.stages.tag import run_tag, table
 
     run = run_tag(paths, model, hop=hop, pool=pool, top_k=top_k, batch_size=batch_size, device=device,
                   multilabel=multilabel, json_out=json_out, csv_out=csv_out, timeline_out=timeline,
@@ -53,7 +53,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out folder")] = False,
 ) -> None:
     """Export a model with its Kaldi front end (waveform -> logits) and a fbank -> logits variant."""
-    from stages.export import run_export
+    from cmkd_pipe.stages.export import run_export
 
     print_json(run_export(checkpoint, out, fmt=fmt, multilabel=multilabel, overwrite=overwrite))
 

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import print_json
+from cmkd_pipe.cli.common import print_json
 
 
 def import_teacher(
@@ -30,7 +30,7 @@ def import_teacher(
 
     Its labels are mapped onto the corpus's by AudioSet mid (display names when it has no mids); corpus
     classes without a teacher label are listed and refused unless --allow-unmapped."""
-    from cli import stage_runner
+    from cmkd_pipe.cli import stage_runner
 
     summary = stage_runner.import_teacher(
         {"family": model, "overrides": list(set_), "allow_unmapped": allow_unmapped, "preset": preset},

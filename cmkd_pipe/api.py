@@ -9,14 +9,14 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from pipeline.config import FeatureConfig
-from pipeline.inference import ClipTags, Tagger, load_scorer
-from stages.export import run_export
-from stages.features import run_features
-from stages.report import build_report
-from stages.tag import TagRun, run_tag
-from stages.teacher_logits import run_teacher_logits
-from stages.train import train as run_training
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.inference import ClipTags, Tagger, load_scorer
+from cmkd_pipe.stages.export import run_export
+from cmkd_pipe.stages.features import run_features
+from cmkd_pipe.stages.report import build_report
+from cmkd_pipe.stages.tag import TagRun, run_tag
+from cmkd_pipe.stages.teacher_logits import run_teacher_logits
+from cmkd_pipe.stages.train import train as run_training
 
 PathLike = str | os.PathLike
 
@@ -69,7 +69,7 @@ def teacher_logits(checkpoint: PathLike, out: PathLike, *, features: PathLike | 
     (as `cmkd-pipe teacher-logits`).
     """
     if features is None:
-        from pipeline.models.checkpoint import read_checkpoint
+        from cmkd_pipe.pipeline.models.checkpoint import read_checkpoint
 
         features = read_checkpoint(checkpoint).get("extra", {}).get("feature_store")
         if not features:
@@ -84,7 +84,7 @@ def train_student(logits: PathLike, *, out: PathLike | None = None, model: str |
                   resume: bool = False, device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a student against cached teacher logits; every default (features, recipe, the other model
     family, run folder beside the store) comes from the store's provenance, as `cmkd-pipe train-student`."""
-    from pipeline.training.student_defaults import student_defaults
+    from cmkd_pipe.pipeline.training.student_defaults import student_defaults
 
     defaults = student_defaults(Path(logits), None)
     model = model or defaults.model

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_manifests.audioset import balanced_weights_by_split, read_class_labels
-from data_manifests.manifest import Manifest, ManifestError, _short
+from cmkd_pipe.data_manifests.audioset import balanced_weights_by_split, read_class_labels
+from cmkd_pipe.data_manifests.manifest import Manifest, ManifestError, _short
 
 LABELS_FILE = "class_labels_indices.csv"
 

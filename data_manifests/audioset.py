@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data_manifests.folder import AUDIO_EXTENSIONS
-from data_manifests.generic_csv import read_table
-from data_manifests.manifest import Manifest, ManifestError, Vocabulary, _short, balanced_weights
+from cmkd_pipe.data_manifests.folder import AUDIO_EXTENSIONS
+from cmkd_pipe.data_manifests.generic_csv import read_table
+from cmkd_pipe.data_manifests.manifest import Manifest, ManifestError, Vocabulary, _short, balanced_weights
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from data_manifests.ast_json import LABELS_FILE, read_ast_json
-from data_manifests.audioset import build_audioset
-from data_manifests.esc50 import build_esc50
-from data_manifests.folder import build_folder
-from data_manifests.fsd50k import build_fsd50k
-from data_manifests.generic_csv import build_generic_csv
-from data_manifests.manifest import Manifest, ManifestError
+from cmkd_pipe.data_manifests.ast_json import LABELS_FILE, read_ast_json
+from cmkd_pipe.data_manifests.audioset import build_audioset
+from cmkd_pipe.data_manifests.esc50 import build_esc50
+from cmkd_pipe.data_manifests.folder import build_folder
+from cmkd_pipe.data_manifests.fsd50k import build_fsd50k
+from cmkd_pipe.data_manifests.generic_csv import build_generic_csv
+from cmkd_pipe.data_manifests.manifest import Manifest, ManifestError
 
 
 def _csv(root: Path, audio_root: str | os.PathLike | None = None) -> Manifest:
@@ -60,7 +60,7 @@ def _ast_json(root: Path, splits: dict[str, str] | str | None = None, class_labe
 
 
 def _demo(root: Path, multilabel: bool = False, clips_per_class: int | None = None, seed: int = 0) -> Manifest:
-    from data_manifests.demo import make_demo_corpus
+    from cmkd_pipe.data_manifests.demo import make_demo_corpus
 
     existing = root / "manifest"
     if (existing / "manifest.json").is_file():

@@ -34,7 +34,7 @@ def index_files(root: str | os.PathLike) -> dict[str, str]:
 def audio_digest(manifest_dir: str | os.PathLike) -> str:
     """Digest of (path, size, mtime) of every clip of a manifest folder; 'missing: PATH' for absent files are
     part of it, so a file that appears or disappears changes it too."""
-    from data_manifests.manifest import Manifest
+    from cmkd_pipe.data_manifests.manifest import Manifest
 
     manifest = Manifest.load(manifest_dir, check_files=False)
     digest = hashlib.sha256()

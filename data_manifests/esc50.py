@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_manifests.generic_csv import read_table
-from data_manifests.manifest import Manifest, ManifestError, Vocabulary
+from cmkd_pipe.data_manifests.generic_csv import read_table
+from cmkd_pipe.data_manifests.manifest import Manifest, ManifestError, Vocabulary
 
 META = Path("meta") / "esc50.csv"
 AUDIO = Path("audio")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_manifests.manifest import Manifest, ManifestError, Vocabulary
+from cmkd_pipe.data_manifests.manifest import Manifest, ManifestError, Vocabulary
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 

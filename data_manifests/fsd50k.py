@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_manifests.audioset import balanced_weights_by_split
-from data_manifests.generic_csv import read_table
-from data_manifests.manifest import Manifest, ManifestError, Vocabulary, _short
+from cmkd_pipe.data_manifests.audioset import balanced_weights_by_split
+from cmkd_pipe.data_manifests.generic_csv import read_table
+from cmkd_pipe.data_manifests.manifest import Manifest, ManifestError, Vocabulary, _short
 
 GROUND_TRUTH = Path("FSD50K.ground_truth")
 DEV_SPLITS = ("train", "val")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_manifests.manifest import LABEL_SEPARATOR, Manifest, ManifestError, Vocabulary
+from cmkd_pipe.data_manifests.manifest import LABEL_SEPARATOR, Manifest, ManifestError, Vocabulary
 
 
 def read_table(path: str | os.PathLike, columns: list[str], hint: str, **read_csv_options) -> pd.DataFrame:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.config import FeatureConfig
 
 
 @dataclass(frozen=True)

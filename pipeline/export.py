@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from pipeline.config import FeatureConfig, Normalization
-from pipeline.inference import checkpoint_multilabel, labels_of
-from pipeline.kaldi_frontend import FbankClassifier, WaveformClassifier
-from pipeline.models.checkpoint import file_sha256, load_checkpoint
-from pipeline.version import code_version
+from cmkd_pipe.pipeline.config import FeatureConfig, Normalization
+from cmkd_pipe.pipeline.inference import checkpoint_multilabel, labels_of
+from cmkd_pipe.pipeline.kaldi_frontend import FbankClassifier, WaveformClassifier
+from cmkd_pipe.pipeline.models.checkpoint import file_sha256, load_checkpoint
+from cmkd_pipe.pipeline.version import code_version
 
 FORMAT = "cmkd-pipe/export/1"
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-from pipeline.config import FeatureConfig, Normalization
+from cmkd_pipe.pipeline.config import FeatureConfig, Normalization
 
 
 def fbank(waveform: torch.Tensor, config: FeatureConfig) -> torch.Tensor:

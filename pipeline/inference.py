@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.config import FeatureConfig, Normalization
+from cmkd_pipe.pipeline.config import FeatureConfig, Normalization
 
 POOLS = ("mean", "max")
 
@@ -139,7 +139,7 @@ class CheckpointScorer:
     def __init__(self, path: str | os.PathLike, *, device: str | None = None, multilabel: bool | None = None) -> None:
         import torch
 
-        from pipeline.models.checkpoint import load_checkpoint
+        from cmkd_pipe.pipeline.models.checkpoint import load_checkpoint
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, meta = load_checkpoint(path, map_location=self.device)
@@ -152,7 +152,7 @@ class CheckpointScorer:
     def window_logits(self, waveform: np.ndarray, starts: list[int], batch_size: int) -> np.ndarray:
         import torch
 
-        from pipeline.features import fbank, normalize
+        from cmkd_pipe.pipeline.features import fbank, normalize
 
         features = fbank(torch.from_numpy(waveform), self.feature_config).numpy()
         out = []
@@ -179,7 +179,7 @@ def checkpoint_multilabel(meta: dict[str, Any], path: str | os.PathLike) -> bool
             return source["multilabel"]
     store = extra.get("feature_store")
     if store:
-        from pipeline.stores.feature_store import FeatureStore
+        from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 
         try:
             return FeatureStore(store).multilabel
@@ -212,8 +212,8 @@ class Tagger:
 
     def tag(self, path: str | os.PathLike) -> ClipTags:
         """Tags of one file; raises `pipeline.audio.AudioError` for a file that cannot be decoded."""
-        from pipeline.audio import load_audio
-        from pipeline.predict import probabilities
+        from cmkd_pipe.pipeline.audio import load_audio
+        from cmkd_pipe.pipeline.predict import probabilities
 
         config = self.scorer.feature_config
         waveform = load_audio(path, config.sample_rate).numpy()
@@ -231,7 +231,7 @@ def load_scorer(model: str | os.PathLike, *, device: str | None = None,
     """A scorer for a cmkd-pipe checkpoint (.pt) or an exported ONNX model (folder or .onnx file)."""
     path = Path(model)
     if path.is_dir() or path.suffix == ".onnx":
-        from pipeline.onnx_scorer import OnnxScorer
+        from cmkd_pipe.pipeline.onnx_scorer import OnnxScorer
 
         return OnnxScorer(path, multilabel=multilabel)
     return CheckpointScorer(path, device=device, multilabel=multilabel)

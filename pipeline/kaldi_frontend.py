@@ -18,7 +18,7 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 from torch import Tensor, nn
 
-from pipeline.config import FeatureConfig, Normalization
+from cmkd_pipe.pipeline.config import FeatureConfig, Normalization
 
 PREEMPHASIS = 0.97
 LOW_FREQ_HZ = 20.0  # Kaldi's default low edge of the first mel bin

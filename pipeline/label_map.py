@@ -103,7 +103,7 @@ class LabelMap:
 
 def vocabulary_hash(vocabulary: list[dict]) -> str:
     """The hash a corpus vocabulary is known by (data_manifests.manifest.Vocabulary.hash)."""
-    from data_manifests.manifest import Vocabulary
+    from cmkd_pipe.data_manifests.manifest import Vocabulary
 
     return Vocabulary.from_records(vocabulary).hash()
 

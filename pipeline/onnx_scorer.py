@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import FeatureConfig
-from pipeline.inference import Label, sample_windows
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.inference import Label, sample_windows
 
 EXPORT_FORMAT = "cmkd-pipe/export/1"
 

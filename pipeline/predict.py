@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import Normalization
-from pipeline.features import normalize
+from cmkd_pipe.pipeline.config import Normalization
+from cmkd_pipe.pipeline.features import normalize
 
 
 def probabilities(logits: torch.Tensor | np.ndarray, multilabel: bool) -> Any:

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import fingerprint
-from pipeline.version import code_version
+from cmkd_pipe.pipeline.config import fingerprint
+from cmkd_pipe.pipeline.version import code_version
 
 RECORD_NAME = "stage.json"
 FAILURE_NAME = "failed.json"

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pipeline.augment import ViewParams, ViewSpec, apply_views, mask_fill_value, view_params
-from pipeline.stores.feature_store import FeatureStore
-from pipeline.stores.chunk_cache import ChunkCache
+from cmkd_pipe.pipeline.augment import ViewParams, ViewSpec, apply_views, mask_fill_value, view_params
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
 
 
 class ViewBuilder:

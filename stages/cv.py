@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.datasets import fold_overrides
-from pipeline.records import write_json_atomic
-from pipeline.training.engine import TrainRun
+from cmkd_pipe.pipeline.datasets import fold_overrides
+from cmkd_pipe.pipeline.records import write_json_atomic
+from cmkd_pipe.pipeline.training.engine import TrainRun
 
 AGGREGATES = ("last", "best", "wa", "ensemble")
 STD = "sample std (ddof=1) over folds"

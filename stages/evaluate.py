@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from pipeline.config import Normalization
-from pipeline.metrics import summarize
-from pipeline.models.checkpoint import check_compatible, load_checkpoint
-from pipeline.predict import predict_probs
-from pipeline.records import write_json_atomic
-from pipeline.stores.feature_store import FeatureStore
-from pipeline.training.batches import batches
+from cmkd_pipe.pipeline.config import Normalization
+from cmkd_pipe.pipeline.metrics import summarize
+from cmkd_pipe.pipeline.models.checkpoint import check_compatible, load_checkpoint
+from cmkd_pipe.pipeline.predict import predict_probs
+from cmkd_pipe.pipeline.records import write_json_atomic
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.training.batches import batches
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, features: str | os.PathLike, split: str = "all", *,

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.export import export_model
+from cmkd_pipe.pipeline.export import export_model
 
 
 def run_export(checkpoint: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "onnx",

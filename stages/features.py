@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_manifests.manifest import Manifest
-from pipeline.audio import DEFAULT_MIN_LEVEL, AudioError, load_audio
-from pipeline.config import FeatureConfig
-from pipeline.features import clip_features
-from pipeline.parallel import run_tasks
-from pipeline.records import atomic_path
-from pipeline.stores import feature_store as fs
-from pipeline.stores.chunks import (StoreError, chunk_range, pending_chunks, prepare_output,
+from cmkd_pipe.data_manifests.manifest import Manifest
+from cmkd_pipe.pipeline.audio import DEFAULT_MIN_LEVEL, AudioError, load_audio
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.features import clip_features
+from cmkd_pipe.pipeline.parallel import run_tasks
+from cmkd_pipe.pipeline.records import atomic_path
+from cmkd_pipe.pipeline.stores import feature_store as fs
+from cmkd_pipe.pipeline.stores.chunks import (StoreError, chunk_range, pending_chunks, prepare_output,
                                     write_errors_as_store_errors)
-from pipeline.stores.lock import store_lock
+from cmkd_pipe.pipeline.stores.lock import store_lock
 
 
 class TooManyBadClips(RuntimeError):

@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from data_manifests.digest import audio_digest, index_files
-from pipeline.config import FeatureConfig
-from pipeline.datasets import DatasetProfile, fold_overrides, get_profile, next_fold
-from pipeline.models.registry import configured_families
-from pipeline.records import (FAILURE_NAME, read_failure, read_json, read_record, stage_fingerprint,
+from cmkd_pipe.data_manifests.digest import audio_digest, index_files
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.datasets import DatasetProfile, fold_overrides, get_profile, next_fold
+from cmkd_pipe.pipeline.models.registry import configured_families
+from cmkd_pipe.pipeline.records import (FAILURE_NAME, read_failure, read_json, read_record, stage_fingerprint,
                               write_failure, write_json_atomic, write_record)
-from pipeline.training.presets import resolve_config, select_family
+from cmkd_pipe.pipeline.training.presets import resolve_config, select_family
 
 CONFIG_NAME = "config.json"
 PREVIOUS = "previous"  # a stale stage's last outputs, kept until its next rerun
@@ -132,8 +132,8 @@ def teacher_arguments(items: list[str]) -> list[str]:
 def imported_teachers(options: RunOptions, families: list[str]) -> dict[str, Path]:
     """{family: weights path} of the published teachers, each family read off its weights (without torch)
     unless given as FAMILY=PATH."""
-    from pipeline.models.registry import family_of_arch
-    from pipeline.models.weight_formats import family_of_weights
+    from cmkd_pipe.pipeline.models.registry import family_of_arch
+    from cmkd_pipe.pipeline.models.weight_formats import family_of_weights
 
     out: dict[str, Path] = {}
     for item in options.teachers:
@@ -425,7 +425,7 @@ def describe_exit(code: int, log: Path) -> str:
 
 
 def _command(stage: Stage, folder: Path, options: RunOptions) -> list[str]:
-    args = ["-m", "cli.app", "run-stage", str(folder)]
+    args = ["-m", "cmkd_pipe.cli.app", "run-stage", str(folder)]
     if stage.distributed and options.nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={options.nproc}",
                 *args]
@@ -522,7 +522,7 @@ def _shared_cluster(options: RunOptions, stages: list[Stage]) -> Iterator[None]:
     if options.scheduler or not any(stage.kind in CHUNKED for stage in stages) or _gpu_run(options):
         yield  # on a GPU a teacher-logits stage starts its own cluster of one worker per GPU
         return
-    from pipeline.parallel import local_cluster
+    from cmkd_pipe.pipeline.parallel import local_cluster
 
     with local_cluster(options.workers or os.cpu_count() or 1) as cluster:
         os.environ[SCHEDULER_VARIABLE] = cluster.scheduler_address

@@ -21,14 +21,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Normalization, apply_overrides
-from pipeline.label_map import LabelMap, map_labels, read_labels_csv, same_labels
-from pipeline.models.checkpoint import file_sha256, save_checkpoint
-from pipeline.models.factory import build_model
-from pipeline.models.published import PublishedSource, describe_source
-from pipeline.models.registry import family_of_arch
-from pipeline.models.weights import load_weights
-from pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.config import Normalization, apply_overrides
+from cmkd_pipe.pipeline.label_map import LabelMap, map_labels, read_labels_csv, same_labels
+from cmkd_pipe.pipeline.models.checkpoint import file_sha256, save_checkpoint
+from cmkd_pipe.pipeline.models.factory import build_model
+from cmkd_pipe.pipeline.models.published import PublishedSource, describe_source
+from cmkd_pipe.pipeline.models.registry import family_of_arch
+from cmkd_pipe.pipeline.models.weights import load_weights
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 
 NORM_SOURCES = ("published", "store")
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import dump_config
-from pipeline.records import write_json_atomic, write_text_atomic
-from pipeline.training.logs import load_metrics
-from pipeline.models.registry import family_of_arch
-from pipeline.training.engine import TrainRun
-from pipeline.training.presets import resolve_config, select_family
+from cmkd_pipe.pipeline.config import dump_config
+from cmkd_pipe.pipeline.records import write_json_atomic, write_text_atomic
+from cmkd_pipe.pipeline.training.logs import load_metrics
+from cmkd_pipe.pipeline.models.registry import family_of_arch
+from cmkd_pipe.pipeline.training.engine import TrainRun
+from cmkd_pipe.pipeline.training.presets import resolve_config, select_family
 
 
 def point_name(tau: float, lam: float) -> str:

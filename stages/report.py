@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.metrics import average_precision
-from pipeline.models.registry import family_of_arch
-from pipeline.records import atomic_path, read_failure, write_json_atomic, write_text_atomic
-from pipeline.training.logs import load_metrics
-from pipeline.version import code_version
+from cmkd_pipe.pipeline.metrics import average_precision
+from cmkd_pipe.pipeline.models.registry import family_of_arch
+from cmkd_pipe.pipeline.records import atomic_path, read_failure, write_json_atomic, write_text_atomic
+from cmkd_pipe.pipeline.training.logs import load_metrics
+from cmkd_pipe.pipeline.version import code_version
 
 SCHEMA = "cmkd-pipe/report/1"
 RESULTS = "results.json"

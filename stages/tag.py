@@ -17,10 +17,10 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
-from data_manifests.manifest import Manifest
-from pipeline.audio import AudioError
-from pipeline.inference import ClipTags, Tagger, load_scorer
-from pipeline.records import write_json_atomic, write_text_atomic
+from cmkd_pipe.data_manifests.manifest import Manifest
+from cmkd_pipe.pipeline.audio import AudioError
+from cmkd_pipe.pipeline.inference import ClipTags, Tagger, load_scorer
+from cmkd_pipe.pipeline.records import write_json_atomic, write_text_atomic
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64"})
 

@@ -29,22 +29,22 @@ import torch
 import zarr
 from torch import nn
 
-from pipeline.augment import MIX_MODES, ViewSpec
-from pipeline.config import Normalization
-from pipeline.features import normalize
-from pipeline.label_map import LabelMap
-from pipeline.metrics import summarize
-from pipeline.models.checkpoint import check_compatible, file_sha256, load_checkpoint, read_checkpoint
-from pipeline.parallel import run_tasks
-from pipeline.predict import model_logits, probabilities
-from pipeline.records import atomic_path
-from pipeline.stores import logits_store as ls
-from pipeline.stores.chunks import StoreError, chunk_range, open_store, pending_chunks, prepare_output
-from pipeline.stores.feature_store import FeatureStore
-from pipeline.stores.integrity import verify_store
-from pipeline.stores.lock import store_lock
-from pipeline.training.batches import ChunkCache
-from pipeline.views import ViewBuilder
+from cmkd_pipe.pipeline.augment import MIX_MODES, ViewSpec
+from cmkd_pipe.pipeline.config import Normalization
+from cmkd_pipe.pipeline.features import normalize
+from cmkd_pipe.pipeline.label_map import LabelMap
+from cmkd_pipe.pipeline.metrics import summarize
+from cmkd_pipe.pipeline.models.checkpoint import check_compatible, file_sha256, load_checkpoint, read_checkpoint
+from cmkd_pipe.pipeline.parallel import run_tasks
+from cmkd_pipe.pipeline.predict import model_logits, probabilities
+from cmkd_pipe.pipeline.records import atomic_path
+from cmkd_pipe.pipeline.stores import logits_store as ls
+from cmkd_pipe.pipeline.stores.chunks import StoreError, chunk_range, open_store, pending_chunks, prepare_output
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.stores.integrity import verify_store
+from cmkd_pipe.pipeline.stores.lock import store_lock
+from cmkd_pipe.pipeline.training.batches import ChunkCache
+from cmkd_pipe.pipeline.views import ViewBuilder
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import dump_config
-from pipeline.metrics import summarize
-from pipeline.records import copy_atomic, save_npz_atomic, write_json_atomic, write_text_atomic
-from pipeline.training.distributed import barrier, init_distributed, shutdown
-from pipeline.models.registry import family_of_arch
-from pipeline.training.engine import FitOutcome, Trainer, TrainRequest, wa_range
-from pipeline.training.logs import RunLogger
-from pipeline.training.presets import resolve_config
-from pipeline.training.setup import build_trainer
+from cmkd_pipe.pipeline.config import dump_config
+from cmkd_pipe.pipeline.metrics import summarize
+from cmkd_pipe.pipeline.records import copy_atomic, save_npz_atomic, write_json_atomic, write_text_atomic
+from cmkd_pipe.pipeline.training.distributed import barrier, init_distributed, shutdown
+from cmkd_pipe.pipeline.models.registry import family_of_arch
+from cmkd_pipe.pipeline.training.engine import FitOutcome, Trainer, TrainRequest, wa_range
+from cmkd_pipe.pipeline.training.logs import RunLogger
+from cmkd_pipe.pipeline.training.presets import resolve_config
+from cmkd_pipe.pipeline.training.setup import build_trainer
 
 
 def train(features: str | os.PathLike, arch: str, out: str | os.PathLike, *, preset: str = "demo",

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from data_manifests.manifest import Manifest, Vocabulary
-from pipeline.parallel import SYNCHRONOUS
+from cmkd_pipe.data_manifests.manifest import Manifest, Vocabulary
+from cmkd_pipe.pipeline.parallel import SYNCHRONOUS
 
 TINY_CLASSES = ("a", "b", "c")
 
@@ -84,9 +84,9 @@ def save_random_model(path: Path, store: Any, model_config: dict[str, Any], *, s
     default the store's statistics with divisor 2. Returns (model in eval mode, normalization)."""
     import torch
 
-    from pipeline.config import Normalization
-    from pipeline.models.checkpoint import save_checkpoint
-    from pipeline.models.factory import build_model
+    from cmkd_pipe.pipeline.config import Normalization
+    from cmkd_pipe.pipeline.models.checkpoint import save_checkpoint
+    from cmkd_pipe.pipeline.models.factory import build_model
 
     features = store.feature_config
     torch.manual_seed(seed)
@@ -143,7 +143,7 @@ def scheduler() -> str:
 def dask_cluster() -> Iterator[str]:
     """Address of the test session's one Dask LocalCluster (2 worker processes, started on first use), made
     as the stages make theirs (pipeline.parallel.local_cluster)."""
-    from pipeline.parallel import local_cluster
+    from cmkd_pipe.pipeline.parallel import local_cluster
 
     with local_cluster(n_workers=2) as cluster:
         yield cluster.scheduler_address

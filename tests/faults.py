@@ -39,7 +39,7 @@ TriggerFactory = Callable[[random.Random], Trigger]  # called just before each r
 
 def cli(*args: str) -> list[str]:
     """The `cmkd-pipe` command line with this interpreter."""
-    return [sys.executable, "-m", "cli.app", *args]
+    return [sys.executable, "-m", "cmkd_pipe.cli.app", *args]
 
 
 def stage_env(**extra: str) -> dict[str, str]:

@@ -9,9 +9,9 @@ import soundfile as sf
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-from pipeline.audio import AudioError, load_audio
-from pipeline.config import FeatureConfig
-from pipeline.features import clip_features, fbank, pad_or_trim
+from cmkd_pipe.pipeline.audio import AudioError, load_audio
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.features import clip_features, fbank, pad_or_trim
 
 SR = 16000
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import (
+from cmkd_pipe.pipeline.augment import (
     ViewParams,
     ViewSpec,
     apply_view,
@@ -243,7 +243,7 @@ def test_view_params_properties():
 
 SCRIPT = """
 import sys, torch
-from pipeline.augment import ViewSpec, apply_view, view_params
+from cmkd_pipe.pipeline.augment import ViewSpec, apply_view, view_params
 spec = ViewSpec(**{spec!r})
 pool = {pool!r}
 x = torch.load(sys.argv[1])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.training.averaging import EnsembleAccumulator, WeightAverage, average_state_dicts, load_state_dict_file
+from cmkd_pipe.pipeline.training.averaging import EnsembleAccumulator, WeightAverage, average_state_dicts, load_state_dict_file
 
 
 def small_model(seed: int) -> torch.nn.Module:

@@ -27,7 +27,7 @@ def test_known_devices_have_a_bf16_peak():
 
 def test_stage_times_table_reads_the_records(tmp_path):
     from benchmarks.stage_times import markdown
-    from pipeline.records import write_record
+    from cmkd_pipe.pipeline.records import write_record
 
     write_record(tmp_path / "features", stage="features", config={}, inputs={}, outputs=[], started=0, finished=4)
     write_record(tmp_path / "fold-1" / "train-cnn", stage="train", config={}, inputs={}, outputs=[], started=5,

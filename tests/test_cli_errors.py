@@ -6,9 +6,9 @@ import errno
 import pytest
 from typer.testing import CliRunner
 
-import stages.features
-from cli.app import app
-from cli.common import error_line
+import cmkd_pipe.stages.features
+from cmkd_pipe.cli.app import app
+from cmkd_pipe.cli.common import error_line
 
 
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left"), (errno.EROFS, "read-only"),
@@ -30,7 +30,7 @@ def test_a_command_that_raises_prints_one_line(tmp_path, monkeypatch, raised):
     def broken(*args, **kwargs):
         raise raised
 
-    monkeypatch.setattr(stages.features, "run_features", broken)
+    monkeypatch.setattr(cmkd_pipe.stages.features, "run_features", broken)
     result = CliRunner().invoke(app, ["features", "--manifest", str(tmp_path), "--out", str(tmp_path / "f.zarr")])
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -43,7 +43,7 @@ def test_the_stage_graph_keeps_the_traceback_in_the_log(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("bad setting")
 
-    monkeypatch.setattr(stages.features, "run_features", broken)
+    monkeypatch.setattr(cmkd_pipe.stages.features, "run_features", broken)
     result = CliRunner().invoke(app, ["features", "--manifest", str(tmp_path), "--out", str(tmp_path / "f.zarr")])
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("Traceback") and lines[-1] == "error: bad setting"
@@ -59,7 +59,7 @@ def test_a_manifest_option_of_the_wrong_type_is_one_line(tmp_path):
 
 
 def test_a_run_folder_is_not_trained_over_without_resume_or_overwrite(tmp_path):
-    from stages.train import prepare_run_folder
+    from cmkd_pipe.stages.train import prepare_run_folder
 
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)

@@ -19,7 +19,7 @@ PROBE = """
 import importlib, json, os, sys
 if os.environ.get("PRELOAD"):
     importlib.import_module(os.environ["PRELOAD"])
-from cli.app import app
+from cmkd_pipe.cli.app import app
 try:
     app(sys.argv[1:])
 except SystemExit:

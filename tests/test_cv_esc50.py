@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from cli.app import app
+from cmkd_pipe.cli.app import app
 
 CATEGORIES = ("dog", "rain", "siren")
 FOLDS = (1, 2, 3, 4, 5)

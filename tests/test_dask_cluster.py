@@ -20,10 +20,10 @@ import pytest
 import zarr
 
 from faults import REPO, chunk_markers, cli, kill_group, start, stage_env, tail
-from pipeline.config import FeatureConfig
-from pipeline.stores.feature_store import FeatureStore
-from stages.features import run_features
-from stages.teacher_logits import run_teacher_logits
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.stages.features import run_features
+from cmkd_pipe.stages.teacher_logits import run_teacher_logits
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc/self/stat").is_file(),
                                                    reason="needs Linux /proc to watch process groups")]

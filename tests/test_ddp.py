@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import FeatureConfig, Normalization
-from pipeline.features import normalize
-from pipeline.models.checkpoint import load_checkpoint
-from pipeline.stores.feature_store import FeatureStore
-from stages.evaluate import evaluate_checkpoint
-from stages.features import run_features
+from cmkd_pipe.pipeline.config import FeatureConfig, Normalization
+from cmkd_pipe.pipeline.features import normalize
+from cmkd_pipe.pipeline.models.checkpoint import load_checkpoint
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.stages.evaluate import evaluate_checkpoint
+from cmkd_pipe.stages.features import run_features
 
 from faults import assert_same_runs, kill_tree, resume_position, start, tail
 
@@ -42,7 +42,7 @@ LAUNCHER = '''\
 """cmkd-pipe with Trainer.fit wrapped to write the rank's final weights hash to OUT/weights-rank<R>.sha256."""
 import sys
 
-from pipeline.training import engine
+from cmkd_pipe.pipeline.training import engine
 from test_ddp import weights_hash
 
 fit = engine.Trainer.fit
@@ -55,7 +55,7 @@ def fit_and_hash(self, *args, **kwargs):
 
 
 engine.Trainer.fit = fit_and_hash
-from cli.app import main
+from cmkd_pipe.cli.app import main
 
 sys.argv[0] = "cmkd-pipe"
 main()

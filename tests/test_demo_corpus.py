@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_manifests.demo import DEMO_CLASSES, make_demo_corpus
-from data_manifests.demo.synth import SYNTHS
-from data_manifests.builders import build_manifest
-from data_manifests.manifest import Manifest, ManifestError, balanced_weights
+from cmkd_pipe.data_manifests.demo import DEMO_CLASSES, make_demo_corpus
+from cmkd_pipe.data_manifests.demo.synth import SYNTHS
+from cmkd_pipe.data_manifests.builders import build_manifest
+from cmkd_pipe.data_manifests.manifest import Manifest, ManifestError, balanced_weights
 
 SMALL = dict(clips_per_class=4, n_folds=2, clip_seconds=1.0, sample_rate=16000)
 IDS = [class_id for class_id, _ in DEMO_CLASSES]

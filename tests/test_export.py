@@ -14,12 +14,12 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 from typer.testing import CliRunner
 
-from cli.app import app
-from pipeline.config import FeatureConfig, Normalization
-from pipeline.features import fbank, normalize, pad_or_trim
-from pipeline.kaldi_frontend import KaldiFbank
-from pipeline.models.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.models.factory import build_model
+from cmkd_pipe.cli.app import app
+from cmkd_pipe.pipeline.config import FeatureConfig, Normalization
+from cmkd_pipe.pipeline.features import fbank, normalize, pad_or_trim
+from cmkd_pipe.pipeline.kaldi_frontend import KaldiFbank
+from cmkd_pipe.pipeline.models.checkpoint import load_checkpoint, save_checkpoint
+from cmkd_pipe.pipeline.models.factory import build_model
 from tone_model import FEATURES, TONE_CLASSES, VOCABULARY, long_file, tone_checkpoint, tone_wave  # noqa: F401
 
 TINY_AST = {"arch": "ast", "size": "custom", "embed_dim": 64, "depth": 1, "num_heads": 4, "patch": 16,
@@ -166,9 +166,9 @@ def test_tagging_with_onnx_builds_no_torch_model(exports, long_file):
     import sys
 
     _, folder = exports["cnn"]
-    probe = ("import sys; from pipeline.inference import Tagger, load_scorer; "
+    probe = ("import sys; from cmkd_pipe.pipeline.inference import Tagger, load_scorer; "
              f"tags = Tagger(load_scorer({str(folder)!r})).tag({str(long_file)!r}); "
-             "print(tags.top(1)[0]['id'], sorted(m for m in sys.modules if m.startswith(('pipeline.models', 'timm'))))")
+             "print(tags.top(1)[0]['id'], sorted(m for m in sys.modules if m.startswith(('cmkd_pipe.pipeline.models', 'timm'))))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.stdout.split(" ", 1)[1].strip() == "[]", done.stdout

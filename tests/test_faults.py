@@ -25,14 +25,14 @@ import zarr
 
 from faults import (REPO, after_change, after_chunks, chunk_markers, cli, fill_disk, kill_and_rerun, mtime_ns,
                     run_to_end, set_writable, small_disk, stage_env, without_permission_override)
-from pipeline.config import FeatureConfig
-from pipeline.models.checkpoint import read_checkpoint
-from pipeline.parallel import StageTasksFailed
-from pipeline.stores import logits_store as ls
-from pipeline.stores.chunks import StoreError
-from pipeline.stores.feature_store import FeatureStore
-from stages.features import run_features
-from stages.teacher_logits import run_teacher_logits
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.models.checkpoint import read_checkpoint
+from cmkd_pipe.pipeline.parallel import StageTasksFailed
+from cmkd_pipe.pipeline.stores import logits_store as ls
+from cmkd_pipe.pipeline.stores.chunks import StoreError
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.stages.features import run_features
+from cmkd_pipe.stages.teacher_logits import run_teacher_logits
 
 # SIGKILLs per stage in the random-kill tests (seeded moments); CI runs this small number, a soak run more:
 # CMKD_PIPE_KILLS=20 make test-all

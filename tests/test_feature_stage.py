@@ -18,12 +18,12 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 import zarr
 
-from data_manifests.manifest import Manifest
-from pipeline.audio import load_audio
-from pipeline.config import FeatureConfig
-from pipeline.stores.chunks import StoreError, pending_chunks, read_strings
-from pipeline.stores.feature_store import SCHEMA, FeatureStore, create_feature_store
-from stages.features import TooManyBadClips, bad_clips_path, run_features
+from cmkd_pipe.data_manifests.manifest import Manifest
+from cmkd_pipe.pipeline.audio import load_audio
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.stores.chunks import StoreError, pending_chunks, read_strings
+from cmkd_pipe.pipeline.stores.feature_store import SCHEMA, FeatureStore, create_feature_store
+from cmkd_pipe.stages.features import TooManyBadClips, bad_clips_path, run_features
 
 from faults import cli, kill_group
 

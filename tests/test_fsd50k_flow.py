@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
+from cmkd_pipe.cli.app import app
 from fsd50k_tree import TINY, VOCABULARY, clip_classes, write_fsd50k
-from pipeline.stores.feature_store import FeatureStore
-from pipeline.stores.logits_store import LogitsStore
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.stores.logits_store import LogitsStore
 
 pytestmark = pytest.mark.slow  # end to end: stage subprocesses on the fsd50k front-end (128 x 1024)
 

@@ -48,9 +48,9 @@ def wrong_way(source: str, target: str) -> str | None:
         return f"{src_layer} may not import {dst_layer} (layers run {' → '.join(LAYERS)})"
     if src_layer == dst_layer == "stages" and "." in source and "." in target and source != target:
         return "a stage may not import another stage's module"
-    in_training = lambda module: module == "pipeline.training" or module.startswith("pipeline.training.")
+    in_training = lambda module: module == "cmkd_pipe.pipeline.training" or module.startswith("cmkd_pipe.pipeline.training.")
     if src_layer == "pipeline" and in_training(target) and not in_training(source):
-        return "only pipeline/training may import pipeline.training (the engine sits on top of pipeline)"
+        return "only pipeline/training may import cmkd_pipe.pipeline.training (the engine sits on top of pipeline)"
     return None
 
 
@@ -63,19 +63,19 @@ def import_edges() -> list[tuple[str, str]]:
 
 def test_the_walk_sees_top_level_and_function_local_imports() -> None:
     edges = set(import_edges())
-    assert ("cli.app", "cli.common") in edges  # top level
-    assert ("cli.app", "stages.graph") in edges  # inside a function, `from stages import graph`
-    assert ("stages.features", "pipeline.parallel") in edges
+    assert ("cmkd_pipe.cli.app", "cmkd_pipe.cli.common") in edges  # top level
+    assert ("cmkd_pipe.cli.app", "cmkd_pipe.stages.graph") in edges  # inside a function, `from stages import graph`
+    assert ("cmkd_pipe.stages.features", "cmkd_pipe.pipeline.parallel") in edges
 
 
 def test_the_rule_flags_each_kind_of_wrong_way_edge() -> None:
-    assert wrong_way("pipeline.views", "stages.train")
-    assert wrong_way("data_manifests.demo", "pipeline.audio")
-    assert wrong_way("stages.cv", "stages.train")
-    assert wrong_way("pipeline.views", "pipeline.training.batches")
-    assert wrong_way("cli.app", "stages.graph") is None
-    assert wrong_way("pipeline.training.engine", "pipeline.views") is None
-    assert wrong_way("stages.graph", "data_manifests.manifest") is None
+    assert wrong_way("cmkd_pipe.pipeline.views", "cmkd_pipe.stages.train")
+    assert wrong_way("cmkd_pipe.data_manifests.demo", "cmkd_pipe.pipeline.audio")
+    assert wrong_way("cmkd_pipe.stages.cv", "cmkd_pipe.stages.train")
+    assert wrong_way("cmkd_pipe.pipeline.views", "cmkd_pipe.pipeline.training.batches")
+    assert wrong_way("cmkd_pipe.cli.app", "cmkd_pipe.stages.graph") is None
+    assert wrong_way("cmkd_pipe.pipeline.training.engine", "cmkd_pipe.pipeline.views") is None
+    assert wrong_way("cmkd_pipe.stages.graph", "cmkd_pipe.data_manifests.manifest") is None
 
 
 def test_imports_go_one_way() -> None:

@@ -26,24 +26,24 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from ast_oracle import hf_to_official
-from cli.app import app
+from cmkd_pipe.cli.app import app
 from faults import REPO, cli, stage_env
-from data_manifests.fsd50k import build_fsd50k
+from cmkd_pipe.data_manifests.fsd50k import build_fsd50k
 from fsd50k_tree import TINY, VOCABULARY, write_fsd50k
-from pipeline.config import PUBLISHED_STATS, FeatureConfig, Normalization
-from pipeline.features import normalize
-from pipeline.label_map import LabelMap, map_labels, name_key
-from pipeline.losses import CMKDLoss
-from pipeline.models.checkpoint import file_sha256, load_checkpoint
-from pipeline.stores.chunks import StoreError
-from pipeline.stores.feature_store import FeatureStore
-from pipeline.stores.logits_store import LogitsStore
-from stages.evaluate import evaluate_checkpoint
-from stages.features import run_features
-from stages.graph import RunOptions, make_rules, plan, status_rows
-from stages.import_teacher import run_import_teacher
-from stages.teacher_logits import inspect_logits, run_teacher_logits
-from stages.train import train
+from cmkd_pipe.pipeline.config import PUBLISHED_STATS, FeatureConfig, Normalization
+from cmkd_pipe.pipeline.features import normalize
+from cmkd_pipe.pipeline.label_map import LabelMap, map_labels, name_key
+from cmkd_pipe.pipeline.losses import CMKDLoss
+from cmkd_pipe.pipeline.models.checkpoint import file_sha256, load_checkpoint
+from cmkd_pipe.pipeline.stores.chunks import StoreError
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.stores.logits_store import LogitsStore
+from cmkd_pipe.stages.evaluate import evaluate_checkpoint
+from cmkd_pipe.stages.features import run_features
+from cmkd_pipe.stages.graph import RunOptions, make_rules, plan, status_rows
+from cmkd_pipe.stages.import_teacher import run_import_teacher
+from cmkd_pipe.stages.teacher_logits import inspect_logits, run_teacher_logits
+from cmkd_pipe.stages.train import train
 
 transformers = pytest.importorskip("transformers")
 

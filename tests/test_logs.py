@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.training.logs import RunLogger, load_metrics
+from cmkd_pipe.pipeline.training.logs import RunLogger, load_metrics
 
 
 def read_csv(path):

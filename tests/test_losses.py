@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline.losses import CMKDLoss, kd_loss, task_loss, teacher_probs
+from cmkd_pipe.pipeline.losses import CMKDLoss, kd_loss, task_loss, teacher_probs
 
 ZS = torch.tensor([[1.0, -0.5, 0.2], [0.3, 2.0, -1.0]])
 ZT = torch.tensor([[0.5, 0.1, -0.3], [-1.0, 1.5, 0.4]])

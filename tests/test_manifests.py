@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from data_manifests.ast_json import read_ast_json, write_ast_json
-from data_manifests.audioset import build_audioset
-from data_manifests.builders import build_manifest
-from data_manifests.esc50 import build_esc50
-from data_manifests.folder import build_folder
-from data_manifests.fsd50k import build_fsd50k
-from data_manifests.generic_csv import build_generic_csv
-from data_manifests.manifest import Manifest, ManifestError, balanced_weights
+from cmkd_pipe.data_manifests.ast_json import read_ast_json, write_ast_json
+from cmkd_pipe.data_manifests.audioset import build_audioset
+from cmkd_pipe.data_manifests.builders import build_manifest
+from cmkd_pipe.data_manifests.esc50 import build_esc50
+from cmkd_pipe.data_manifests.folder import build_folder
+from cmkd_pipe.data_manifests.fsd50k import build_fsd50k
+from cmkd_pipe.data_manifests.generic_csv import build_generic_csv
+from cmkd_pipe.data_manifests.manifest import Manifest, ManifestError, balanced_weights
 
 
 def wav(path: Path) -> Path:

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
-from pipeline.metrics import accuracy, average_precision, d_prime, roc_auc, summarize
+from cmkd_pipe.pipeline.metrics import accuracy, average_precision, d_prime, roc_auc, summarize
 
 
 def _data(seed: int, n: int = 60, c: int = 7, levels: int | None = 5):

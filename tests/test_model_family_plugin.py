@@ -19,15 +19,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `tests.plugins.crnn` is the name the other processes import
     sys.path.insert(0, str(REPO))
 
-from pipeline.config import FeatureConfig  # noqa: E402
-from pipeline.models.factory import build_model, default_model_config  # noqa: E402
-from pipeline.models.registry import (PLUGINS_ENV, configured_families, family_names,  # noqa: E402
+from cmkd_pipe.pipeline.config import FeatureConfig  # noqa: E402
+from cmkd_pipe.pipeline.models.factory import build_model, default_model_config  # noqa: E402
+from cmkd_pipe.pipeline.models.registry import (PLUGINS_ENV, configured_families, family_names,  # noqa: E402
                                       family_of_arch, register_family)
-from pipeline.stores.logits_store import LogitsStore  # noqa: E402
-from pipeline.training.presets import resolve_config, select_family  # noqa: E402
-from stages.features import run_features  # noqa: E402
-from stages.teacher_logits import run_teacher_logits  # noqa: E402
-from stages.train import train  # noqa: E402
+from cmkd_pipe.pipeline.stores.logits_store import LogitsStore  # noqa: E402
+from cmkd_pipe.pipeline.training.presets import resolve_config, select_family  # noqa: E402
+from cmkd_pipe.stages.features import run_features  # noqa: E402
+from cmkd_pipe.stages.teacher_logits import run_teacher_logits  # noqa: E402
+from cmkd_pipe.stages.train import train  # noqa: E402
 from tests.plugins import crnn  # noqa: E402  (registers the family)
 
 PLUGIN = "tests.plugins.crnn"
@@ -110,7 +110,7 @@ def test_crnn_trains_teaches_and_is_taught(world):
 
 
 def test_a_subprocess_loads_the_family_from_the_environment():
-    command = [sys.executable, "-m", "cli.app", "print-config", "--preset", "smoke", "--model", "crnn",
+    command = [sys.executable, "-m", "cmkd_pipe.cli.app", "print-config", "--preset", "smoke", "--model", "crnn",
                *[f"--set={s}" for s in WITH_CRNN]]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop(PLUGINS_ENV, None)
@@ -159,9 +159,9 @@ def _last_row(run: Path) -> dict:
 def test_a_plugin_family_runs_through_the_stage_graph(tmp_path):
     """The CRNN teaches a CNN and is taught by one through `cmkd-pipe run`: planned from the preset's model
     section, run by stage subprocesses that load the plugin from the environment, recorded done."""
-    from data_manifests.demo import make_demo_corpus
+    from cmkd_pipe.data_manifests.demo import make_demo_corpus
     from faults import cli, stage_env
-    from pipeline.records import read_record
+    from cmkd_pipe.pipeline.records import read_record
 
     data, run = tmp_path / "data", tmp_path / "run"
     make_demo_corpus(data, clips_per_class=3, n_folds=3, clip_seconds=1.0)

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from pipeline.config import FeatureConfig
-from pipeline.models import (
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.models import (
     build_model,
     check_compatible,
     count_parameters,
@@ -15,7 +15,7 @@ from pipeline.models import (
     load_checkpoint,
     save_checkpoint,
 )
-from pipeline.models.cnn import AttentionPoolingHead
+from cmkd_pipe.pipeline.models.cnn import AttentionPoolingHead
 
 TINY_AST = {"arch": "ast", "size": "custom", "embed_dim": 32, "depth": 1, "num_heads": 4}
 

@@ -22,10 +22,10 @@ import pytest
 import yaml
 import zarr
 
-from data_manifests.demo import make_demo_corpus
+from cmkd_pipe.data_manifests.demo import make_demo_corpus
 from faults import REPO, cli, stage_env
-from pipeline.records import read_record
-from stages.graph import RunOptions, plan, status_rows
+from cmkd_pipe.pipeline.records import read_record
+from cmkd_pipe.stages.graph import RunOptions, plan, status_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU Make")]
 

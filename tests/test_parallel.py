@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.parallel import SYNCHRONOUS, StageTasksFailed, run_tasks
+from cmkd_pipe.pipeline.parallel import SYNCHRONOUS, StageTasksFailed, run_tasks
 
 
 def square_unless_odd(item: tuple[str, int]) -> int:

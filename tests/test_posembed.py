@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pipeline.models.ast import patch_grid
-from pipeline.models.posembed import adapt_pos_embed, adapt_pos_grid
+from cmkd_pipe.pipeline.models.ast import patch_grid
+from cmkd_pipe.pipeline.models.posembed import adapt_pos_embed, adapt_pos_grid
 
 D = 4
 

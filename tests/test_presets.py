@@ -3,10 +3,10 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import PUBLISHED_STATS, dump_config
-from pipeline.training.presets import (SECTIONS, list_presets, load_preset, resolve_config, select_family,
+from cmkd_pipe.pipeline.config import PUBLISHED_STATS, dump_config
+from cmkd_pipe.pipeline.training.presets import (SECTIONS, list_presets, load_preset, resolve_config, select_family,
                                        validate_config)
-from pipeline.training.schedule import build_scheduler
+from cmkd_pipe.pipeline.training.schedule import build_scheduler
 
 PRESETS = ["audioset-balanced", "audioset-full", "cpu-small", "demo", "esc50", "fsd50k", "smoke"]
 
@@ -175,8 +175,8 @@ def test_published_statistics_far_from_the_store_warn_once_with_both_numbers():
     """Measured on real drum recordings: store −10.4/4.8 against ESC-50's published −6.6/5.4."""
     from types import SimpleNamespace
 
-    from pipeline.config import PUBLISHED_STATS
-    from pipeline.training.setup import normalization, stats_mismatch
+    from cmkd_pipe.pipeline.config import PUBLISHED_STATS
+    from cmkd_pipe.pipeline.training.setup import normalization, stats_mismatch
 
     message = stats_mismatch("esc50", PUBLISHED_STATS["esc50"], (-10.4, 4.8))
     assert message and "-10.40/4.80" in message and "-6.63/5.36" in message and "norm.source=store" in message

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.datasets import fold_overrides
-from pipeline.records import (atomic_path, copy_atomic, save_npz_atomic, torch_save_atomic, write_bytes_atomic,
+from cmkd_pipe.pipeline.datasets import fold_overrides
+from cmkd_pipe.pipeline.records import (atomic_path, copy_atomic, save_npz_atomic, torch_save_atomic, write_bytes_atomic,
                               write_json_atomic, write_text_atomic)
-from pipeline.stores.feature_store import select_mask
+from cmkd_pipe.pipeline.stores.feature_store import select_mask
 
 
 def test_each_helper_writes_its_file_and_leaves_no_temporary(tmp_path):

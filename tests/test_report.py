@@ -14,8 +14,8 @@ import typer
 from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
-from cli.report import register
-from stages.report import (FIGURES, NOISE_RULE, ReportError, build_report, markdown_table, noise_verdict,
+from cmkd_pipe.cli.report import register
+from cmkd_pipe.stages.report import (FIGURES, NOISE_RULE, ReportError, build_report, markdown_table, noise_verdict,
                            paired_delta)
 
 BASELINES = ("train-cnn", "train-ast")

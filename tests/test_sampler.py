@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.training.sampler import ChunkAwareSampler
+from cmkd_pipe.pipeline.training.sampler import ChunkAwareSampler
 
 
 def chunk_switches(order: np.ndarray, chunk_size: int) -> int:
@@ -183,7 +183,7 @@ def test_store_order_mixes_classes_of_a_class_sorted_manifest():
     two classes; the feature store's row order (Manifest.in_store_order) makes each batch a random sample."""
     import pandas as pd
 
-    from data_manifests.manifest import Manifest, Vocabulary
+    from cmkd_pipe.data_manifests.manifest import Manifest, Vocabulary
 
     classes, per_class, chunk, batch = 12, 80, 32, 32
     labels = [f"k{c}" for c in range(classes) for _ in range(per_class)]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pipeline.training.schedule import LrSchedule, build_scheduler
+from cmkd_pipe.pipeline.training.schedule import LrSchedule, build_scheduler
 
 
 def lrs_per_step(n_steps: int, base_lr: float = 1.0, **kwargs) -> list[float]:

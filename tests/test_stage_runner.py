@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import stages.features
-import stages.teacher_logits
-import stages.train
-from cli import stage_runner
-from cli.app import app
-from pipeline.training.presets import resolve_config, select_family
-from pipeline.records import write_record
-from stages.graph import (RUNTIME_TRAIN_KEYS, RunOptions, evidence, input_fingerprints, plan, state,
+import cmkd_pipe.stages.features
+import cmkd_pipe.stages.teacher_logits
+import cmkd_pipe.stages.train
+from cmkd_pipe.cli import stage_runner
+from cmkd_pipe.cli.app import app
+from cmkd_pipe.pipeline.training.presets import resolve_config, select_family
+from cmkd_pipe.pipeline.records import write_record
+from cmkd_pipe.stages.graph import (RUNTIME_TRAIN_KEYS, RunOptions, evidence, input_fingerprints, plan, state,
                           write_config_file)
 
 UNUSUAL = ["augment.mixup_alpha=3.5", "augment.mixup_mode=logmel", "augment.mixup_rate=0.25",
@@ -38,9 +38,9 @@ def recorder(monkeypatch) -> dict[str, Any]:
             return {"metric": "accuracy", "final": "last"}
         return fn
 
-    monkeypatch.setattr(stages.train, "train", record("train"))
-    monkeypatch.setattr(stages.teacher_logits, "run_teacher_logits", record("teacher-logits"))
-    monkeypatch.setattr(stages.features, "run_features", record("features"))
+    monkeypatch.setattr(cmkd_pipe.stages.train, "train", record("train"))
+    monkeypatch.setattr(cmkd_pipe.stages.teacher_logits, "run_teacher_logits", record("teacher-logits"))
+    monkeypatch.setattr(cmkd_pipe.stages.features, "run_features", record("features"))
     return calls
 
 
@@ -140,7 +140,7 @@ def _fake_stage(tmp_path: Path, monkeypatch, script: str):
     """The report stage of a demo plan, run by `python -c script` instead of the real command."""
     import sys
 
-    from stages import graph
+    from cmkd_pipe.stages import graph
 
     monkeypatch.setattr(graph, "_command", lambda stage, folder, options: [sys.executable, "-c", script])
     options = RunOptions("demo", tmp_path / "run", tmp_path / "data", folds=[1])
@@ -206,8 +206,8 @@ def test_a_stale_rerun_keeps_the_previous_outputs_aside(tmp_path, monkeypatch):
 @pytest.fixture
 def built(tmp_path):
     """A demo-profile run whose manifest and feature stages are recorded done over a tiny corpus on disk."""
-    from data_manifests.demo import make_demo_corpus
-    from stages import graph
+    from cmkd_pipe.data_manifests.demo import make_demo_corpus
+    from cmkd_pipe.stages import graph
 
     data = tmp_path / "data"
     make_demo_corpus(data, clips_per_class=3, n_folds=3, clip_seconds=1.0)
@@ -223,7 +223,7 @@ def built(tmp_path):
 
 
 def statuses(options: RunOptions) -> dict[str, tuple[str, str]]:
-    from stages.graph import status_rows
+    from cmkd_pipe.stages.graph import status_rows
 
     return {row["stage"]: (row["status"], row["detail"]) for row in status_rows(options)}
 
@@ -256,7 +256,7 @@ def test_an_edited_audio_file_makes_the_features_stale(built):
 
 def test_status_reuses_the_arguments_of_the_last_run(built, tmp_path):
     """`status` typed without --data-root / --set / --preset means the run as it was last run."""
-    from pipeline.records import write_json_atomic
+    from cmkd_pipe.pipeline.records import write_json_atomic
 
     write_json_atomic(built.run_dir / "run.json", {"dataset": "demo", "data_root": str(built.data_root),
                                                    "preset": None, "overrides": ["train.seed=3"], "folds": [1],
@@ -274,7 +274,7 @@ def test_your_own_folder_corpus_gets_the_graph(tmp_path, make_tone):
 
     import soundfile as sf
 
-    from pipeline.training.presets import preset_path
+    from cmkd_pipe.pipeline.training.presets import preset_path
 
     root = tmp_path / "classes"
     for label, freq in (("dog", 300.0), ("cat", 900.0), ("bird", 2500.0)):

@@ -20,18 +20,18 @@ import pandas as pd
 import pytest
 import zarr
 
-from data_manifests.folder import build_folder
-from data_manifests.manifest import Manifest, ManifestError
-from pipeline.config import FeatureConfig
-from pipeline.stores import feature_store as fs
-from pipeline.stores import logits_store as ls
-from pipeline.stores.chunk_cache import ChunkCache
-from pipeline.stores.chunks import StoreError
-from pipeline.stores.feature_store import FeatureStore
-from pipeline.stores.integrity import verify_store
-from pipeline.stores.lock import lock_path, store_lock
-from stages.features import _task, bad_clips_path, compute_chunk, run_features
-from stages.teacher_logits import inspect_logits, run_teacher_logits
+from cmkd_pipe.data_manifests.folder import build_folder
+from cmkd_pipe.data_manifests.manifest import Manifest, ManifestError
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.stores import feature_store as fs
+from cmkd_pipe.pipeline.stores import logits_store as ls
+from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
+from cmkd_pipe.pipeline.stores.chunks import StoreError
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.stores.integrity import verify_store
+from cmkd_pipe.pipeline.stores.lock import lock_path, store_lock
+from cmkd_pipe.stages.features import _task, bad_clips_path, compute_chunk, run_features
+from cmkd_pipe.stages.teacher_logits import inspect_logits, run_teacher_logits
 
 from faults import cli, stage_env
 from test_teacher_logits import CHUNK, CONFIG, VIEWS, save_teacher, tiny_clips
@@ -305,7 +305,7 @@ def test_a_folder_corpus_with_a_broken_link_lists_it_as_a_bad_clip(tmp_path, mak
 
 def test_a_cli_run_beside_a_writer_in_another_process_is_one_line_and_changes_nothing(main, tmp_path):
     store = copy(main["features"], tmp_path / "features.zarr")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pipeline.stores.lock import store_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cmkd_pipe.pipeline.stores.lock import store_lock\n"
                                f"with store_lock({str(store)!r}, 'features'):\n"
                                "    print('held', flush=True)\n    time.sleep(120)"],
                               cwd=REPO, env=stage_env(), stdout=subprocess.PIPE, text=True)

@@ -20,23 +20,23 @@ import yaml
 import zarr
 from typer.testing import CliRunner
 
-from cli.app import app
-from cli.sweep import register as register_sweep
-from pipeline.augment import augment_batch
-from pipeline.config import FeatureConfig, Normalization
-from pipeline.features import normalize
-from pipeline.models.checkpoint import load_checkpoint
-from pipeline.stores.feature_store import FeatureStore
-from pipeline.stores.logits_store import LogitsStore
-from pipeline.stores.integrity import reseal
-from pipeline.training.batches import batches
-from pipeline.training.distributed import DistInfo
-from pipeline.training.logs import load_metrics
-from pipeline.training.presets import resolve_config
-from pipeline.training.teachers import CachedTeacher, NoTeacher, OnlineTeacher
-from stages.features import run_features
-from stages.teacher_logits import run_teacher_logits
-from stages.train import train
+from cmkd_pipe.cli.app import app
+from cmkd_pipe.cli.sweep import register as register_sweep
+from cmkd_pipe.pipeline.augment import augment_batch
+from cmkd_pipe.pipeline.config import FeatureConfig, Normalization
+from cmkd_pipe.pipeline.features import normalize
+from cmkd_pipe.pipeline.models.checkpoint import load_checkpoint
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.stores.logits_store import LogitsStore
+from cmkd_pipe.pipeline.stores.integrity import reseal
+from cmkd_pipe.pipeline.training.batches import batches
+from cmkd_pipe.pipeline.training.distributed import DistInfo
+from cmkd_pipe.pipeline.training.logs import load_metrics
+from cmkd_pipe.pipeline.training.presets import resolve_config
+from cmkd_pipe.pipeline.training.teachers import CachedTeacher, NoTeacher, OnlineTeacher
+from cmkd_pipe.stages.features import run_features
+from cmkd_pipe.stages.teacher_logits import run_teacher_logits
+from cmkd_pipe.stages.train import train
 
 CONFIG = FeatureConfig(num_mel_bins=32, target_frames=64)  # the smoke preset's front-end
 CHUNK = 8

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from cli.app import app
-from pipeline.config import FeatureConfig
-from pipeline.inference import Windowing, frame_windows, pool, top_k, windowing
-from pipeline.predict import probabilities
+from cmkd_pipe.cli.app import app
+from cmkd_pipe.pipeline.config import FeatureConfig
+from cmkd_pipe.pipeline.inference import Windowing, frame_windows, pool, top_k, windowing
+from cmkd_pipe.pipeline.predict import probabilities
 from tone_model import SEGMENT_S, SEGMENTS, TONE_CLASSES, long_file, tone_checkpoint, tone_wave  # noqa: F401 (fixtures)
 
 
@@ -123,7 +123,7 @@ def test_a_manifest_folder_is_tagged_clip_by_clip(tone_checkpoint, tmp_path, cor
     clips = [{"clip_id": f"{c}{i}", "labels": ["a"], "audio": tone_wave(TONE_CLASSES[c], 1.0, rng)}
              for i, c in enumerate(["mid", "high"])]
     manifest = corpus_writer(tmp_path / "corpus", clips)
-    from stages.tag import run_tag
+    from cmkd_pipe.stages.tag import run_tag
 
     run = run_tag([manifest], tone_checkpoint, top_k=1, progress=False)
     assert [Path(c.path).name for c in run.tagged] == ["mid0.wav", "high1.wav"]
@@ -137,7 +137,7 @@ def test_a_checkpoint_without_the_multilabel_flag_asks_for_it(tone_checkpoint, t
     data["extra"] = {}
     bare = tmp_path / "bare.pt"
     torch.save(data, bare)
-    from pipeline.inference import load_scorer
+    from cmkd_pipe.pipeline.inference import load_scorer
 
     with pytest.raises(ValueError, match="--multilabel or --single-label"):
         load_scorer(bare)

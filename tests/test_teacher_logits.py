@@ -21,19 +21,19 @@ import typer
 import zarr
 from typer.testing import CliRunner
 
-from cli.logits import register
-from data_manifests.manifest import Manifest, Vocabulary
-from pipeline.augment import ViewSpec
-from pipeline.config import FeatureConfig, Normalization
-from pipeline.features import normalize
-from pipeline.metrics import summarize
-from pipeline.stores import logits_store as ls
-from pipeline.stores.chunk_cache import ChunkCache
-from pipeline.stores.chunks import StoreError, pending_chunks
-from pipeline.stores.feature_store import FeatureStore, feature_fingerprint
-from pipeline.views import ViewBuilder
-from stages.features import run_features
-from stages.teacher_logits import inspect_logits, run_teacher_logits
+from cmkd_pipe.cli.logits import register
+from cmkd_pipe.data_manifests.manifest import Manifest, Vocabulary
+from cmkd_pipe.pipeline.augment import ViewSpec
+from cmkd_pipe.pipeline.config import FeatureConfig, Normalization
+from cmkd_pipe.pipeline.features import normalize
+from cmkd_pipe.pipeline.metrics import summarize
+from cmkd_pipe.pipeline.stores import logits_store as ls
+from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
+from cmkd_pipe.pipeline.stores.chunks import StoreError, pending_chunks
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore, feature_fingerprint
+from cmkd_pipe.pipeline.views import ViewBuilder
+from cmkd_pipe.stages.features import run_features
+from cmkd_pipe.stages.teacher_logits import inspect_logits, run_teacher_logits
 
 from conftest import save_random_model
 from faults import cli, kill_group

@@ -25,17 +25,17 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from cli.app import app
-from data_manifests.manifest import Manifest
-from pipeline.config import FeatureConfig, Normalization
-from pipeline.features import normalize
-from pipeline.models.checkpoint import load_checkpoint
-from pipeline.stores.feature_store import FeatureStore, create_feature_store
-from pipeline.training.averaging import WeightAverage
-from pipeline.training.presets import resolve_config
-from stages.evaluate import evaluate_checkpoint
-from stages.features import run_features
-from stages.train import train
+from cmkd_pipe.cli.app import app
+from cmkd_pipe.data_manifests.manifest import Manifest
+from cmkd_pipe.pipeline.config import FeatureConfig, Normalization
+from cmkd_pipe.pipeline.features import normalize
+from cmkd_pipe.pipeline.models.checkpoint import load_checkpoint
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore, create_feature_store
+from cmkd_pipe.pipeline.training.averaging import WeightAverage
+from cmkd_pipe.pipeline.training.presets import resolve_config
+from cmkd_pipe.stages.evaluate import evaluate_checkpoint
+from cmkd_pipe.stages.features import run_features
+from cmkd_pipe.stages.train import train
 
 from faults import assert_same_runs, resume_position
 
@@ -239,7 +239,7 @@ def test_a_checkpoint_is_refused_on_a_store_with_other_features(trained, data):
 # ------------------------------------------------------------------------------------ resume
 
 def train_command(store: Path, out: Path, *extra: str) -> list[str]:
-    args = [sys.executable, "-m", "cli.app", "train", "--features", str(store), "--out", str(out),
+    args = [sys.executable, "-m", "cmkd_pipe.cli.app", "train", "--features", str(store), "--out", str(out),
             "--model", "ast", "--preset", "smoke"]
     for item in RESUME:
         args += ["--set", item]

@@ -6,10 +6,10 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.models import WeightsError, build_model, load_imagenet_from_hub, load_weights
-from pipeline.models import weights as weights_module
-from pipeline.models.posembed import adapt_pos_embed
-from pipeline.models.weights import adapt_ast_to_frames, detect_format, sum_rgb_conv
+from cmkd_pipe.pipeline.models import WeightsError, build_model, load_imagenet_from_hub, load_weights
+from cmkd_pipe.pipeline.models import weights as weights_module
+from cmkd_pipe.pipeline.models.posembed import adapt_pos_embed
+from cmkd_pipe.pipeline.models.weights import adapt_ast_to_frames, detect_format, sum_rgb_conv
 from ast_oracle import hf_to_official
 
 transformers = pytest.importorskip("transformers")

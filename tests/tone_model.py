@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline.config import FeatureConfig, Normalization
-from pipeline.features import clip_features, normalize
-from pipeline.models.checkpoint import save_checkpoint
-from pipeline.models.factory import build_model
+from cmkd_pipe.pipeline.config import FeatureConfig, Normalization
+from cmkd_pipe.pipeline.features import clip_features, normalize
+from cmkd_pipe.pipeline.models.checkpoint import save_checkpoint
+from cmkd_pipe.pipeline.models.factory import build_model
 
 TONE_CLASSES = {"low": 350.0, "mid": 1400.0, "high": 4200.0}
 VOCABULARY = [{"index": i, "id": cid, "name": f"{cid.title()} tone"} for i, cid in enumerate(TONE_CLASSES)]

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from data_manifests.demo.synth import DEMO_CLASSES, Rng, render_clip
-from data_manifests.manifest import Manifest, Vocabulary, balanced_weights
+from cmkd_pipe.data_manifests.demo.synth import DEMO_CLASSES, Rng, render_clip
+from cmkd_pipe.data_manifests.manifest import Manifest, Vocabulary, balanced_weights
 
 
 def make_demo_corpus(out_dir: Path, *, multilabel: bool = False, clips_per_class: int = 80, n_folds: int = 5,

@@ -10,19 +10,19 @@ from typing import Any
 
 # imported on first use, so `pipeline.models.registry` (planning, config checks) does not pull in torch
 _WHERE = {
-    "AST": "pipeline.models.ast", "CNNClassifier": "pipeline.models.cnn",
-    "check_compatible": "pipeline.models.checkpoint", "file_sha256": "pipeline.models.checkpoint",
-    "load_checkpoint": "pipeline.models.checkpoint", "save_checkpoint": "pipeline.models.checkpoint",
-    "build_model": "pipeline.models.factory", "count_parameters": "pipeline.models.factory",
-    "default_model_config": "pipeline.models.factory", "WeightsError": "pipeline.models.weights",
-    "load_imagenet_from_hub": "pipeline.models.weights", "load_weights": "pipeline.models.weights",
+    "AST": "cmkd_pipe.pipeline.models.ast", "CNNClassifier": "cmkd_pipe.pipeline.models.cnn",
+    "check_compatible": "cmkd_pipe.pipeline.models.checkpoint", "file_sha256": "cmkd_pipe.pipeline.models.checkpoint",
+    "load_checkpoint": "cmkd_pipe.pipeline.models.checkpoint", "save_checkpoint": "cmkd_pipe.pipeline.models.checkpoint",
+    "build_model": "cmkd_pipe.pipeline.models.factory", "count_parameters": "cmkd_pipe.pipeline.models.factory",
+    "default_model_config": "cmkd_pipe.pipeline.models.factory", "WeightsError": "cmkd_pipe.pipeline.models.weights",
+    "load_imagenet_from_hub": "cmkd_pipe.pipeline.models.weights", "load_weights": "cmkd_pipe.pipeline.models.weights",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
         return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'pipeline.models' has no attribute {name!r}")
+    raise AttributeError(f"module 'cmkd_pipe.pipeline.models' has no attribute {name!r}")
 
 
 __all__ = [

@@ -16,7 +16,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from pipeline.models.ast_options import (AST_SIZES, HEAD_NORM_EPS, IMAGENET_SOURCES, N_TOKENS,  # noqa: F401
+from cmkd_pipe.pipeline.models.ast_options import (AST_SIZES, HEAD_NORM_EPS, IMAGENET_SOURCES, N_TOKENS,  # noqa: F401
                                          VIT_NORM_EPS, ASTConfig, ast_dims)
 
 # size name -> (embed_dim, depth, num_heads) of the DeiT backbone it starts from

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.models.registry import lazy_builder, register_family
+from cmkd_pipe.pipeline.models.registry import lazy_builder, register_family
 
 AST_SIZES: dict[str, tuple[int, int, int]] = {
     "tiny224": (192, 12, 3),
@@ -73,4 +73,4 @@ def ast_dims(size: str, embed_dim: int | None, depth: int | None, num_heads: int
 
 register_family("ast", display_name="AST", config=ASTConfig, weight_formats=("timm-vit", "ast-official", "ast-hf",
                                                                             "native-ast"), imagenet_format="timm-vit")(
-    lazy_builder("pipeline.models.ast", "build_ast"))
+    lazy_builder("cmkd_pipe.pipeline.models.ast", "build_ast"))

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import FeatureConfig, Normalization
-from pipeline.label_map import LabelMap, same_labels, vocabulary_hash
-from pipeline.models.factory import build_model
-from pipeline.models.weights import load_strict
-from pipeline.records import torch_save_atomic
-from pipeline.version import code_version
+from cmkd_pipe.pipeline.config import FeatureConfig, Normalization
+from cmkd_pipe.pipeline.label_map import LabelMap, same_labels, vocabulary_hash
+from cmkd_pipe.pipeline.models.factory import build_model
+from cmkd_pipe.pipeline.models.weights import load_strict
+from cmkd_pipe.pipeline.records import torch_save_atomic
+from cmkd_pipe.pipeline.version import code_version
 
 FORMAT = "cmkd-pipe/checkpoint/1"
 

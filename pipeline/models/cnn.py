@@ -19,7 +19,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from pipeline.models.cnn_options import ATTENTION_EPS, EFFICIENTNET_VARIANTS, POOLINGS, CNNConfig  # noqa: F401
+from cmkd_pipe.pipeline.models.cnn_options import ATTENTION_EPS, EFFICIENTNET_VARIANTS, POOLINGS, CNNConfig  # noqa: F401
 
 class MeanPoolingHead(nn.Module):
     """Mean over frequency and time, dropout, Linear -> logits."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.models.registry import lazy_builder, register_family
+from cmkd_pipe.pipeline.models.registry import lazy_builder, register_family
 
 EFFICIENTNET_VARIANTS: tuple[str, ...] = tuple(f"efficientnet_b{k}" for k in range(8)) + tuple(
     f"tf_efficientnet_b{k}" for k in range(8)
@@ -41,4 +41,4 @@ class CNNConfig:
 
 register_family("cnn", display_name="CNN (EfficientNet)", config=CNNConfig, archs=("cnn", "timm:?*"),
                  weight_formats=("timm-cnn", "psla", "native-cnn"), imagenet_format="timm-cnn", channels_last=True)(
-    lazy_builder("pipeline.models.cnn", "build_cnn"))
+    lazy_builder("cmkd_pipe.pipeline.models.cnn", "build_cnn"))

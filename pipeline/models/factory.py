@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.config import typed_from_dict
-from pipeline.models.registry import family_of_arch
+from cmkd_pipe.pipeline.config import typed_from_dict
+from cmkd_pipe.pipeline.models.registry import family_of_arch
 
 
 def default_model_config(arch: str) -> dict[str, Any]:

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PUBLISHED_STATS
-from pipeline.label_map import labels_from_hf_config
-from pipeline.models.ast import patch_grid
-from pipeline.models.ast_options import AST_SIZES, N_TOKENS
-from pipeline.models.weight_formats import CHECKPOINT_FORMAT, detect_format, read_structure
-from pipeline.models.weights import (PUBLISHED_AST_GRIDS, StateDict, WeightsError, hf_ast_to_ours,
+from cmkd_pipe.pipeline.config import PUBLISHED_STATS
+from cmkd_pipe.pipeline.label_map import labels_from_hf_config
+from cmkd_pipe.pipeline.models.ast import patch_grid
+from cmkd_pipe.pipeline.models.ast_options import AST_SIZES, N_TOKENS
+from cmkd_pipe.pipeline.models.weight_formats import CHECKPOINT_FORMAT, detect_format, read_structure
+from cmkd_pipe.pipeline.models.weights import (PUBLISHED_AST_GRIDS, StateDict, WeightsError, hf_ast_to_ours,
                                      official_ast_to_ours, read_weights, strip_prefix)
 
 AUDIOSET_CLASSES = 527
@@ -183,7 +183,7 @@ def _psla(path: Path, sd: StateDict, hf_config: dict | None, overrides: dict[str
 
 
 def _our_checkpoint(path: Path, overrides: dict[str, Any]) -> PublishedSource:
-    from pipeline.models.checkpoint import read_checkpoint
+    from cmkd_pipe.pipeline.models.checkpoint import read_checkpoint
 
     meta = read_checkpoint(path)
     front_end = {k: v for k, v in meta["feature_config"].items() if k != "target_frames"}

@@ -26,7 +26,7 @@ from typing import Any
 
 # their order is the families' order; each declares its family without importing torch (the model module
 # is imported by the family's lazy builder when a model is first built)
-BUILTIN_MODULES = ("pipeline.models.cnn_options", "pipeline.models.ast_options")
+BUILTIN_MODULES = ("cmkd_pipe.pipeline.models.cnn_options", "cmkd_pipe.pipeline.models.ast_options")
 PLUGINS_ENV = "CMKD_PIPE_PLUGINS"
 
 Builder = Callable[[Any, int, int, int], Any]  # (options, n_classes, n_mels, n_frames) -> nn.Module

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipeline.models.registry import family_names, family_of_arch, get_family
+from cmkd_pipe.pipeline.models.registry import family_names, family_of_arch, get_family
 
 CHECKPOINT_FORMAT = "cmkd-pipe/checkpoint/1"  # our own checkpoint file (pipeline.models.checkpoint.FORMAT)
 HF_AST_MODEL_TYPE = "audio-spectrogram-transformer"

@@ -42,12 +42,12 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from pipeline.models.ast import AST, IMAGENET_SOURCES, N_TOKENS
-from pipeline.models.cnn import CNNClassifier
-from pipeline.models.factory import build_model
-from pipeline.models.posembed import adapt_pos_embed
-from pipeline.models.registry import family_of_model
-from pipeline.models.weight_formats import detect_format
+from cmkd_pipe.pipeline.models.ast import AST, IMAGENET_SOURCES, N_TOKENS
+from cmkd_pipe.pipeline.models.cnn import CNNClassifier
+from cmkd_pipe.pipeline.models.factory import build_model
+from cmkd_pipe.pipeline.models.posembed import adapt_pos_embed
+from cmkd_pipe.pipeline.models.registry import family_of_model
+from cmkd_pipe.pipeline.models.weight_formats import detect_format
 
 StateDict = dict[str, Tensor]
 HEAD_PREFIX = "head."

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.stores.chunks import StoreError, unreadable_chunk
+from cmkd_pipe.pipeline.stores.chunks import StoreError, unreadable_chunk
 
 
 RESIDENT_BYTES = 1 << 30  # decoded chunks a training keeps across epochs (a small store stays whole)

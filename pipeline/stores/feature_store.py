@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from data_manifests.manifest import Manifest
-from pipeline.config import FeatureConfig, Normalization, fingerprint
-from pipeline.stores.chunks import (StoreError, check_generation, chunk_range, create_store, mark_chunk_done,
+from cmkd_pipe.data_manifests.manifest import Manifest
+from cmkd_pipe.pipeline.config import FeatureConfig, Normalization, fingerprint
+from cmkd_pipe.pipeline.stores.chunks import (StoreError, check_generation, chunk_range, create_store, mark_chunk_done,
                                     n_chunks, open_store, pending_chunks, read_strings, require_complete,
                                     unreadable_chunk)
-from pipeline.stores.integrity import content_digest, invalidate_damaged, record_chunk, require_intact
-from pipeline.version import code_version
+from cmkd_pipe.pipeline.stores.integrity import content_digest, invalidate_damaged, record_chunk, require_intact
+from cmkd_pipe.pipeline.version import code_version
 
 SCHEMA = "cmkd-pipe/features/2"  # /2: chunk_digest, generation, content_digest
 

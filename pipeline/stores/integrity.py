@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from pipeline.stores.chunks import StoreError, chunk_range, open_store
+from cmkd_pipe.pipeline.stores.chunks import StoreError, chunk_range, open_store
 
 BOOKKEEPING = ("chunk_done", "chunk_digest")
 

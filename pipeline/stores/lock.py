@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.stores.chunks import StoreError, write_errors_as_store_errors
+from cmkd_pipe.pipeline.stores.chunks import StoreError, write_errors_as_store_errors
 
 
 def lock_path(store: str | os.PathLike) -> Path:

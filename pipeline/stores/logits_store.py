@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.label_map import vocabulary_hash
-from pipeline.stores.chunks import (StoreError, check_generation, chunk_range, create_store, mark_chunk_done,
+from cmkd_pipe.pipeline.label_map import vocabulary_hash
+from cmkd_pipe.pipeline.stores.chunks import (StoreError, check_generation, chunk_range, create_store, mark_chunk_done,
                                     n_chunks, open_store, read_strings, require_complete, unreadable_chunk)
-from pipeline.stores.feature_store import FeatureStore, restore_columns, store_root
-from pipeline.stores.integrity import (chunk_problems, content_digest, describe, invalidate_damaged, record_chunk,
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore, restore_columns, store_root
+from cmkd_pipe.pipeline.stores.integrity import (chunk_problems, content_digest, describe, invalidate_damaged, record_chunk,
                                        require_intact)
-from pipeline.version import code_version
+from cmkd_pipe.pipeline.version import code_version
 
 SCHEMA = "cmkd-pipe/logits/2"  # /2: chunk_digest, generation, content digests
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.stores.chunk_cache import ChunkCache
-from pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 
 
 @dataclass

@@ -11,11 +11,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.config import Normalization
-from pipeline.predict import predict_probs
-from pipeline.stores.chunk_cache import ChunkCache
-from pipeline.stores.feature_store import FeatureStore
-from pipeline.training.batches import batches
+from cmkd_pipe.pipeline.config import Normalization
+from cmkd_pipe.pipeline.predict import predict_probs
+from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.training.batches import batches
 
 
 @dataclass(frozen=True)

@@ -27,23 +27,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.augment import step_seeds
-from pipeline.config import Normalization
-from pipeline.features import normalize
-from pipeline.losses import CMKDLoss
-from pipeline.metrics import summarize
-from pipeline.models.checkpoint import save_checkpoint
-from pipeline.models.registry import family_of_arch
-from pipeline.predict import autocast_for
-from pipeline.records import torch_save_atomic
-from pipeline.stores.chunk_cache import ChunkCache
-from pipeline.stores.feature_store import FeatureStore
-from pipeline.training.averaging import EnsembleAccumulator, WeightAverage
-from pipeline.training.batches import Batch, batches
-from pipeline.training.distributed import DistInfo, barrier, predict_rows
-from pipeline.training.logs import RunLogger
-from pipeline.training.sampler import ChunkAwareSampler
-from pipeline.training.teachers import TeacherSource
+from cmkd_pipe.pipeline.augment import step_seeds
+from cmkd_pipe.pipeline.config import Normalization
+from cmkd_pipe.pipeline.features import normalize
+from cmkd_pipe.pipeline.losses import CMKDLoss
+from cmkd_pipe.pipeline.metrics import summarize
+from cmkd_pipe.pipeline.models.checkpoint import save_checkpoint
+from cmkd_pipe.pipeline.models.registry import family_of_arch
+from cmkd_pipe.pipeline.predict import autocast_for
+from cmkd_pipe.pipeline.records import torch_save_atomic
+from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.training.averaging import EnsembleAccumulator, WeightAverage
+from cmkd_pipe.pipeline.training.batches import Batch, batches
+from cmkd_pipe.pipeline.training.distributed import DistInfo, barrier, predict_rows
+from cmkd_pipe.pipeline.training.logs import RunLogger
+from cmkd_pipe.pipeline.training.sampler import ChunkAwareSampler
+from cmkd_pipe.pipeline.training.teachers import TeacherSource
 
 STATE_FORMAT = "cmkd-pipe/train-state/2"
 

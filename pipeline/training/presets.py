@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import PUBLISHED_STATS, apply_overrides, check_fields, check_type, typed_from_dict
-from pipeline.models.registry import configured_families, family_names, get_family
-from pipeline.training import schema
-from pipeline.training.schedule import LrSchedule
+from cmkd_pipe.pipeline.config import PUBLISHED_STATS, apply_overrides, check_fields, check_type, typed_from_dict
+from cmkd_pipe.pipeline.models.registry import configured_families, family_names, get_family
+from cmkd_pipe.pipeline.training import schema
+from cmkd_pipe.pipeline.training.schedule import LrSchedule
 
 PRESET_DIR = Path(__file__).with_name("presets")
 SECTIONS = tuple(schema.SECTIONS)

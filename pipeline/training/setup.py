@@ -12,18 +12,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import PUBLISHED_STATS, Normalization
-from pipeline.losses import CMKDLoss
-from pipeline.models.factory import build_model
-from pipeline.models.weights import load_imagenet_from_hub, load_weights
-from pipeline.stores.feature_store import FeatureStore
-from pipeline.training.distributed import DistInfo
-from pipeline.models.registry import family_of_arch
-from pipeline.training.engine import Splits, Trainer, TrainRequest, model_arch
-from pipeline.training.presets import select_family
-from pipeline.training.sampler import ChunkAwareSampler
-from pipeline.training.schedule import build_scheduler
-from pipeline.training.teachers import teacher_source
+from cmkd_pipe.pipeline.config import PUBLISHED_STATS, Normalization
+from cmkd_pipe.pipeline.losses import CMKDLoss
+from cmkd_pipe.pipeline.models.factory import build_model
+from cmkd_pipe.pipeline.models.weights import load_imagenet_from_hub, load_weights
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.training.distributed import DistInfo
+from cmkd_pipe.pipeline.models.registry import family_of_arch
+from cmkd_pipe.pipeline.training.engine import Splits, Trainer, TrainRequest, model_arch
+from cmkd_pipe.pipeline.training.presets import select_family
+from cmkd_pipe.pipeline.training.sampler import ChunkAwareSampler
+from cmkd_pipe.pipeline.training.schedule import build_scheduler
+from cmkd_pipe.pipeline.training.teachers import teacher_source
 
 
 def build_trainer(request: TrainRequest, dist: DistInfo) -> Trainer:

@@ -31,9 +31,9 @@ def student_defaults(logits: Path | None, teacher: Path | None, features: Path |
                      preset: str | None = None) -> StudentDefaults:
     """Defaults from a logits store (cached teacher) or a teacher checkpoint (online teacher); `features` and
     `preset` where the user gave them (a given preset comes without the teacher's overrides)."""
-    from pipeline.models.checkpoint import read_checkpoint
-    from pipeline.models.registry import configured_families, family_names, family_of_arch
-    from pipeline.training.presets import resolve_config
+    from cmkd_pipe.pipeline.models.checkpoint import read_checkpoint
+    from cmkd_pipe.pipeline.models.registry import configured_families, family_names, family_of_arch
+    from cmkd_pipe.pipeline.training.presets import resolve_config
 
     if logits is not None:
         attrs = _store_attrs(logits)

@@ -29,17 +29,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.augment import ViewSpec, augment_batch, mask_fill_value
-from pipeline.config import Normalization
-from pipeline.features import normalize
-from pipeline.models.checkpoint import check_compatible, load_checkpoint
-from pipeline.predict import model_logits, probabilities
-from pipeline.stores.chunk_cache import ChunkCache
-from pipeline.stores.feature_store import FeatureStore
-from pipeline.stores.logits_store import LogitsStore
-from pipeline.training.batches import Batch
-from pipeline.training.distributed import DistInfo, predict_rows
-from pipeline.views import ViewBuilder
+from cmkd_pipe.pipeline.augment import ViewSpec, augment_batch, mask_fill_value
+from cmkd_pipe.pipeline.config import Normalization
+from cmkd_pipe.pipeline.features import normalize
+from cmkd_pipe.pipeline.models.checkpoint import check_compatible, load_checkpoint
+from cmkd_pipe.pipeline.predict import model_logits, probabilities
+from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.stores.logits_store import LogitsStore
+from cmkd_pipe.pipeline.training.batches import Batch
+from cmkd_pipe.pipeline.training.distributed import DistInfo, predict_rows
+from cmkd_pipe.pipeline.views import ViewBuilder
 
 TeacherProbs = Callable[[torch.Tensor], torch.Tensor]  # teacher logits -> KD target (τ applied), e.g. CMKDLoss
 

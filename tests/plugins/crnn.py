@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from pipeline.models.registry import register_family
+from cmkd_pipe.pipeline.models.registry import register_family
 
 
 @dataclass(frozen=True)
