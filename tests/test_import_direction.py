@@ -11,12 +11,19 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+NAMESPACE = "cmkd_pipe"  # the folders install as cmkd_pipe.cli, cmkd_pipe.stages, ...
 LAYERS = ("cli", "stages", "pipeline", "data_manifests")
 
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return ".".join([NAMESPACE, *(parts[:-1] if parts[-1] == "__init__" else parts)])
+
+
+def layer(module: str) -> str | None:
+    """The layer of a project module (cmkd_pipe.stages.graph -> stages), None for anything else."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == NAMESPACE and parts[1] in LAYERS else None
 
 
 def project_modules() -> dict[str, Path]:
@@ -38,15 +45,15 @@ def imported_modules(path: Path, name: str, known: set[str]) -> set[str]:
             for alias in node.names:  # `from stages import graph` imports the module stages.graph
                 submodule = f"{base}.{alias.name}"
                 found.add(submodule if submodule in known else base)
-    return {target for target in found if target.split(".")[0] in LAYERS}
+    return {target for target in found if layer(target)}
 
 
 def wrong_way(source: str, target: str) -> str | None:
     """Why the edge source → target breaks the rule, or None when it is allowed."""
-    src_layer, dst_layer = source.split(".")[0], target.split(".")[0]
+    src_layer, dst_layer = layer(source), layer(target)
     if LAYERS.index(dst_layer) < LAYERS.index(src_layer):
         return f"{src_layer} may not import {dst_layer} (layers run {' → '.join(LAYERS)})"
-    if src_layer == dst_layer == "stages" and "." in source and "." in target and source != target:
+    if src_layer == dst_layer == "stages" and source.count(".") > 1 and target.count(".") > 1 and source != target:
         return "a stage may not import another stage's module"
     in_training = lambda module: module == "cmkd_pipe.pipeline.training" or module.startswith("cmkd_pipe.pipeline.training.")
     if src_layer == "pipeline" and in_training(target) and not in_training(source):
