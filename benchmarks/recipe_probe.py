@@ -43,7 +43,7 @@ def probe(store: FeatureStore, spec: dict[str, Any]) -> dict[str, Any]:
     seed = spec.get("seed", 0)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    x = torch.from_numpy((store.read(np.arange(len(store))) - store.mean) / (2 * store.std)).float()
+    x = torch.from_numpy((store.read(np.arange(len(store)), np.float32) - store.mean) / (2 * store.std)).float()
     y = torch.from_numpy(store.targets.argmax(1)).long()
     val, test = spec.get("val", 2), spec.get("test", 1)
     train_rows = np.flatnonzero((store.folds != val) & (store.folds != test) & store.ok)

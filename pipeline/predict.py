@@ -32,6 +32,13 @@ def autocast_for(device: torch.device, enabled: bool = True) -> contextlib.Abstr
     return contextlib.nullcontext()
 
 
+def to_device(x: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A raw fbank batch on `device` as float32: copied as stored (float16 from a feature store, half the
+    bytes of float32) and cast there."""
+    tensor = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+    return tensor.to(device, non_blocking=True).float()
+
+
 @torch.no_grad()
 def model_logits(model: nn.Module, x: torch.Tensor, amp: bool = True) -> torch.Tensor:
     """Float32 logits of `model` on a normalised input batch (no gradients; bf16 autocast on CUDA)."""
@@ -45,6 +52,6 @@ def predict_probs(model: nn.Module, batches: Iterable[Any], multilabel: bool, *,
     """Class probabilities [N, K] of `model` (put in eval mode) on raw-fbank batches (objects with `.x`
     [B, T, F], e.g. pipeline.training.batches.Batch), normalised with `norm`."""
     model.eval()
-    scores = [probabilities(model_logits(model, normalize(torch.from_numpy(batch.x).to(device), norm), amp),
+    scores = [probabilities(model_logits(model, normalize(to_device(batch.x, device), norm), amp),
                             multilabel).cpu() for batch in batches]
     return torch.cat(scores).numpy() if scores else np.zeros((0, n_classes), np.float32)

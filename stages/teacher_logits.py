@@ -36,7 +36,7 @@ from cmkd_pipe.pipeline.label_map import LabelMap
 from cmkd_pipe.pipeline.metrics import summarize
 from cmkd_pipe.pipeline.models.checkpoint import check_compatible, file_sha256, load_checkpoint, read_checkpoint
 from cmkd_pipe.pipeline.parallel import run_tasks
-from cmkd_pipe.pipeline.predict import model_logits, probabilities
+from cmkd_pipe.pipeline.predict import model_logits, probabilities, to_device
 from cmkd_pipe.pipeline.records import atomic_path
 from cmkd_pipe.pipeline.stores import logits_store as ls
 from cmkd_pipe.pipeline.stores.chunks import StoreError, chunk_range, open_store, pending_chunks, prepare_output
@@ -197,17 +197,15 @@ def compute_chunk(task: ChunkTask) -> int:
         raise StoreError(f"{task.out}: not a logits store")
     start, stop = chunk_range(task.index, int(group.attrs["chunk_clips"]), int(group.attrs["n_clips"]))
     rows = np.arange(start, stop)
-    x = store.read(rows)
+    x = store.read(rows)  # float16, cast to float32 where the model runs (views: in the builder)
     columns = None if task.columns is None else torch.tensor(task.columns, device=device)
     width = store.n_classes if columns is None else len(columns)
     logits = np.empty((len(rows), builder.spec.n_views, width), dtype=np.float32)
     for view in range(builder.spec.n_views):
         for first in range(0, len(rows), task.batch_size):
             part = slice(first, first + task.batch_size)
-            inputs = torch.from_numpy(x[part])
-            if view > 0:
-                inputs = builder.build(rows[part], x[part], [view] * len(inputs))[0]
-            out = model_logits(model, normalize(inputs.to(device), norm))
+            inputs = x[part] if view == 0 else builder.build(rows[part], x[part], [view] * len(x[part]))[0]
+            out = model_logits(model, normalize(to_device(inputs, device), norm))
             logits[part, view] = (out if columns is None else out[:, columns]).cpu().numpy()
     ls.write_chunk(group, task.index, logits, task.generation)
     return task.index

@@ -124,7 +124,7 @@ def test_metrics_come_from_predictions_gathered_from_both_ranks(ddp_run):
     single = evaluate_checkpoint(out / "final.pt", ddp_run["store"], "eval", device="cpu")
     assert results["final"] == "wa" and single["accuracy"] == results["wa"]["accuracy"]
     model, meta = load_checkpoint(out / "final.pt")
-    x = normalize(torch.from_numpy(store.read(rows)), Normalization.from_dict(meta["normalization"]))
+    x = normalize(torch.from_numpy(store.read(rows, np.float32)), Normalization.from_dict(meta["normalization"]))
     with torch.no_grad():
         alone = torch.softmax(model.eval()(x), dim=-1).numpy()
     np.testing.assert_allclose(predictions["scores"], alone, atol=1e-5)

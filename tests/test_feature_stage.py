@@ -132,10 +132,37 @@ def test_reader_select_and_read(built):
         with pytest.raises(StoreError) as caught:
             store.select(spec)
         assert all(word in str(caught.value) for word in words), str(caught.value)
+    everything = store.fbank[:]
     indices = np.array([7, 0, 4, 3])  # unsorted, across three chunks
     rows = store.read(indices)
-    assert rows.dtype == np.float32 and rows.shape == (4, 100, 128)
-    np.testing.assert_array_equal(rows, store.fbank[:][indices].astype(np.float32))
+    assert rows.dtype == np.float16 and rows.shape == (4, 100, 128)  # as stored: the caller casts
+    np.testing.assert_array_equal(rows, everything[indices])
+    as_float = store.read(indices, np.float32)
+    assert as_float.dtype == np.float32 and np.array_equal(as_float, everything[indices].astype(np.float32))
+
+
+@pytest.mark.parametrize("indices", [[2, 3, 4, 5], [5, 4, 3], [6, 1, 1, 6, 0], [7], list(range(8)), []],
+                         ids=["run", "reversed", "repeats", "one", "all", "none"])
+def test_read_returns_rows_in_the_order_given(built, indices, monkeypatch):
+    from cmkd_pipe.pipeline.stores import feature_store
+
+    store = FeatureStore(built["store"])
+    expected = store.fbank[:][np.asarray(indices, dtype=int)]
+    np.testing.assert_array_equal(store.read(indices), expected)
+    monkeypatch.setattr(feature_store, "MAX_RUN_CHUNKS", 1)  # one slice per chunk: the grouping still holds
+    np.testing.assert_array_equal(store.read(indices), expected)
+
+
+def test_scattered_reads_slice_each_run_of_neighbouring_chunks_once():
+    from cmkd_pipe.pipeline.stores.feature_store import _chunk_runs
+
+    chunks = np.array([5, 0, 1, 1, 3, 9, 4])  # chunk of each row: runs 0-1, 3-5, 9
+    assert [sorted(chunks[where].tolist()) for where in _chunk_runs(chunks)] == [[0, 1, 1], [3, 4, 5], [9]]
+
+
+def test_read_names_rows_out_of_range(built):
+    with pytest.raises(IndexError, match=r"features.zarr: rows must be in 0\.\.7, got 0\.\.8"):
+        FeatureStore(built["store"]).read([0, 8])
 
 
 def test_rerun_of_a_complete_store_runs_nothing(built):

@@ -142,7 +142,7 @@ def test_view_zero_is_the_teacher_on_the_clean_normalised_fbank(main):
     store, logits = main["store"], main["logits"]
     bad = store.clip_ids.tolist().index("clip05")
     assert not store.ok[bad] and not store.read([bad]).any()  # the bad clip still has logits (of zeros)
-    x = torch.from_numpy(store.read(np.arange(len(store))))
+    x = torch.from_numpy(store.read(np.arange(len(store)), np.float32))
     np.testing.assert_allclose(logits[:, 0], forward(main["model"], x, main["norm"]), rtol=0, atol=1e-5)
     with_store_norm = forward(main["model"], x, store.normalization())
     assert np.abs(logits[:, 0] - with_store_norm).max() > 1e-2  # the teacher's own normalisation is used
@@ -334,7 +334,7 @@ def test_multilabel_teacher_metrics(tmp_path, corpus_writer, make_tone, schedule
     run_teacher_logits(features, tmp_path / "teacher.pt", out, scheduler=scheduler, progress=False)
     logits = ls.LogitsStore(out).logits[:]
     assert logits.shape == (12, 1, 3)
-    x = torch.from_numpy(store.read(np.arange(len(store))))
+    x = torch.from_numpy(store.read(np.arange(len(store)), np.float32))
     np.testing.assert_allclose(logits[:, 0], forward(model, x, norm), rtol=0, atol=1e-5)
     report = inspect_logits(out, png=tmp_path / "multilabel.png")
     probabilities = torch.sigmoid(torch.from_numpy(logits[:, 0])).numpy()

@@ -121,7 +121,7 @@ def checkpoint_scores(path: Path, store: FeatureStore, rows: np.ndarray, state: 
     model, meta = load_checkpoint(path)
     if state is not None:
         model.load_state_dict(state)
-    x = normalize(torch.from_numpy(store.read(rows)), Normalization.from_dict(meta["normalization"]))
+    x = normalize(torch.from_numpy(store.read(rows, np.float32)), Normalization.from_dict(meta["normalization"]))
     with torch.no_grad():
         return torch.softmax(model.eval()(x), dim=-1).numpy()
 

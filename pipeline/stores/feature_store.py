@@ -207,18 +207,45 @@ class FeatureStore:
         """Indices of good clips matching a split spec: 'train', 'val,eval', 'fold==1', 'fold!=1', 'all', 'fold!=1&fold!=2'."""
         return self.ok.nonzero()[0][select_mask(spec, self.splits, self.folds)[self.ok]]
 
-    def read(self, indices: np.ndarray) -> np.ndarray:
-        """fbank rows for sorted or unsorted indices, as float32 [n, T, F] (reads whole chunks once)."""
-        indices = np.asarray(indices)
-        order = np.argsort(indices, kind="stable")
+    def read(self, indices: np.ndarray | list[int], dtype: np.dtype | type | None = None) -> np.ndarray:
+        """fbank rows [n, T, F] in the order given, as stored (float16) or cast to `dtype`.
+
+        Rows are read as plain slices over runs of neighbouring chunks, so every chunk is decoded once;
+        keep float16 when the rows go to a device and cast them there (pipeline.predict.to_device)."""
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"{self.path}: rows must be in 0..{len(self) - 1}, got {rows.min()}..{rows.max()}")
         try:
-            rows = self.fbank.get_orthogonal_selection((indices[order],))
+            out = self._read_rows(rows)
         except Exception as error:  # a chunk damaged after the store was opened: name it
-            raise StoreError(unreadable_chunk(self.path, "fbank", sorted(set(indices // self.chunk_clips)),
+            raise StoreError(unreadable_chunk(self.path, "fbank", sorted(set((rows // self.chunk_clips).tolist())),
                                               self.chunk_clips, len(self), error)) from None
-        out = np.empty_like(rows, dtype=np.float32)
-        out[order] = rows
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def _read_rows(self, rows: np.ndarray) -> np.ndarray:
+        if rows.size and np.all(np.diff(rows) == 1):  # one contiguous run (a chunk, an epoch in store order)
+            return np.asarray(self.fbank[int(rows[0]):int(rows[-1]) + 1])
+        out = np.empty((len(rows), *self.fbank.shape[1:]), dtype=self.fbank.dtype)
+        for where in _chunk_runs(rows // self.chunk_clips):
+            first, last = int(rows[where].min()), int(rows[where].max())
+            out[where] = np.asarray(self.fbank[first:last + 1])[rows[where] - first]
         return out
+
+
+MAX_RUN_CHUNKS = 8  # at most this many chunks decoded into memory per slice of a scattered read
+
+
+def _chunk_runs(chunks: np.ndarray) -> list[np.ndarray]:
+    """Positions of the rows grouped by runs of neighbouring chunks (at most MAX_RUN_CHUNKS each), so
+    one slice per group reads every chunk it needs once."""
+    touched = np.unique(chunks)
+    breaks = np.flatnonzero(np.diff(touched) != 1) + 1
+    groups = []
+    for run in np.split(touched, breaks):
+        for start in range(0, len(run), MAX_RUN_CHUNKS):
+            part = run[start:start + MAX_RUN_CHUNKS]
+            groups.append(np.flatnonzero((chunks >= part[0]) & (chunks <= part[-1])))
+    return groups
 
 
 def select_mask(spec: str, splits: np.ndarray, folds: np.ndarray) -> np.ndarray:
