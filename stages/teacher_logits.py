@@ -34,7 +34,7 @@ from cmkd_pipe.pipeline.config import Normalization
 from cmkd_pipe.pipeline.features import normalize
 from cmkd_pipe.pipeline.label_map import LabelMap
 from cmkd_pipe.pipeline.metrics import summarize
-from cmkd_pipe.pipeline.models.checkpoint import check_compatible, file_sha256, load_checkpoint, read_checkpoint
+from cmkd_pipe.pipeline.models.checkpoint import check_compatible, file_sha256, file_stamp, load_checkpoint, read_checkpoint
 from cmkd_pipe.pipeline.parallel import run_tasks
 from cmkd_pipe.pipeline.predict import model_logits, probabilities, to_device
 from cmkd_pipe.pipeline.records import atomic_path
@@ -54,7 +54,8 @@ class ChunkTask:
     features: str
     feature_fingerprint: str
     checkpoint: str
-    checkpoint_sha256: str
+    checkpoint_sha256: str  # computed once by the driver; workers check checkpoint_stamp instead of rehashing
+    checkpoint_stamp: tuple[int, int]
     views: dict
     mix_mode: str
     batch_size: int
@@ -84,7 +85,7 @@ def run_teacher_logits(features: str | os.PathLike, checkpoint: str | os.PathLik
     spec = ViewSpec(views, freq_mask, time_mask, mixup_rate, mixup_alpha, view_seed, time_shift, mask_fill)
     device = _device(device)
     store = FeatureStore(features)
-    teacher, label_map = _teacher_provenance(checkpoint, store, mix_mode)
+    teacher, label_map, stamp = _teacher_provenance(checkpoint, store, mix_mode)
     class_map = None if label_map is None else list(label_map.corpus_classes)
     if out.resolve() == features.resolve():
         raise ValueError(f"--out {out} is the feature store itself; choose another path for the logits store")
@@ -95,19 +96,19 @@ def run_teacher_logits(features: str | os.PathLike, checkpoint: str | os.PathLik
             group = ls.create_logits_store(out, store, teacher, spec.to_dict(), chunk_clips or store.chunk_clips,
                                            class_map)
         columns = None if label_map is None else label_map.teacher_columns
-        return _run_locked(group, store, out, features, teacher, spec, mix_mode, batch_size, scheduler,
+        return _run_locked(group, store, out, features, teacher, stamp, spec, mix_mode, batch_size, scheduler,
                            n_workers, device, progress, columns)
 
 
 def _run_locked(group: zarr.Group, store: FeatureStore, out: Path, features: Path, teacher: dict[str, Any],
-                spec: ViewSpec, mix_mode: str, batch_size: int, scheduler: str | None, n_workers: int | None,
-                device: str, progress: bool, columns: tuple[int, ...] | None) -> dict[str, Any]:
+                stamp: tuple[int, int], spec: ViewSpec, mix_mode: str, batch_size: int, scheduler: str | None,
+                n_workers: int | None, device: str, progress: bool, columns: tuple[int, ...] | None) -> dict[str, Any]:
     if n_workers is None and scheduler is None and device.startswith("cuda"):
         n_workers = 1  # one process owns the GPU; start one Dask worker per GPU yourself for more
     chunk = int(group.attrs["chunk_clips"])
     todo = pending_chunks(group)
     tasks = [ChunkTask(str(out.resolve()), i, str(features.resolve()), store.fingerprint, teacher["checkpoint"],
-                       teacher["checkpoint_sha256"], spec.to_dict(), mix_mode, batch_size, device,
+                       teacher["checkpoint_sha256"], stamp, spec.to_dict(), mix_mode, batch_size, device,
                        group.attrs["generation"], columns) for i in todo]
     started = time.perf_counter()
     run_tasks(compute_chunk, tasks, scheduler=scheduler, n_workers=n_workers, desc="teacher logits",
@@ -121,11 +122,13 @@ def _run_locked(group: zarr.Group, store: FeatureStore, out: Path, features: Pat
             "seconds": seconds, "clips_per_second": clips_run / seconds if clips_run else 0.0}
 
 
-def _teacher_provenance(checkpoint: Path, store: FeatureStore, mix_mode: str) -> tuple[dict[str, Any],
-                                                                                      LabelMap | None]:
-    """The `teacher` attrs of the store and the checkpoint's label map (None when its labels are the
-    store's), after checking the checkpoint fits the feature store."""
+def _teacher_provenance(checkpoint: Path, store: FeatureStore,
+                        mix_mode: str) -> tuple[dict[str, Any], LabelMap | None, tuple[int, int]]:
+    """The `teacher` attrs of the store, the checkpoint's label map (None when its labels are the
+    store's), after checking the checkpoint fits the feature store, and the file's stamp, taken before
+    it is hashed (a change while or after it is hashed shows in the workers)."""
     meta = read_checkpoint(checkpoint)
+    stamp = file_stamp(checkpoint)
     try:
         label_map = check_compatible(meta, store.feature_config.to_dict(), store.vocabulary)
     except ValueError as error:
@@ -140,7 +143,7 @@ def _teacher_provenance(checkpoint: Path, store: FeatureStore, mix_mode: str) ->
                                 "unmapped_classes": list(label_map.unmapped)}
     if meta.get("extra", {}).get("imported"):
         teacher["imported"] = meta["extra"]["imported"]
-    return teacher, label_map
+    return teacher, label_map, stamp
 
 
 def _device(device: str | None) -> str:
@@ -159,12 +162,14 @@ _TEACHERS: dict[tuple[str, str, str], tuple[nn.Module, Normalization]] = {}
 _VIEWS: dict[tuple[Any, ...], tuple[FeatureStore, ViewBuilder]] = {}
 
 
-def _teacher(path: str, sha256: str, device: str) -> tuple[nn.Module, Normalization]:
-    """The teacher in eval mode and its normalisation, loaded once per worker process."""
+def _teacher(path: str, sha256: str, stamp: tuple[int, int], device: str) -> tuple[nn.Module, Normalization]:
+    """The teacher in eval mode and its normalisation, loaded once per worker process. The driver hashed
+    the file (sha256); a worker only checks that its size and modification time are still those."""
     key = (path, sha256, device)
     if key not in _TEACHERS:
-        if file_sha256(path) != sha256:
-            raise StoreError(f"checkpoint {path} changed since this run started (sha256 differs); rerun the stage")
+        if file_stamp(path) != tuple(stamp):
+            raise StoreError(f"checkpoint {path} changed since this run started (size or modification time "
+                             "differs); rerun the stage")
         model, meta = load_checkpoint(path, map_location=device)
         _TEACHERS.clear()  # a long-lived worker keeps only the current teacher
         _TEACHERS[key] = (model.eval().requires_grad_(False), Normalization.from_dict(meta["normalization"]))
@@ -190,7 +195,7 @@ def compute_chunk(task: ChunkTask) -> int:
     device = torch.device(task.device)
     if device.type == "cpu":
         torch.set_num_threads(1)
-    model, norm = _teacher(task.checkpoint, task.checkpoint_sha256, task.device)
+    model, norm = _teacher(task.checkpoint, task.checkpoint_sha256, task.checkpoint_stamp, task.device)
     store, builder = _view_builder(task)
     group = zarr.open_group(store=task.out, mode="r+")
     if group.attrs.get("schema") != ls.SCHEMA:

@@ -213,6 +213,44 @@ def test_checkpoint_of_a_cnn_through_a_wrapper(tmp_path):
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
+def test_loading_builds_on_the_meta_device_without_a_random_initialisation(tmp_path):
+    model = build_model(TINY_AST, 3, 128, 128)
+    path = save_checkpoint(tmp_path / "ast.pt", model, feature_config=_features(), normalization=NORM,
+                           vocabulary=VOCAB)
+    before = torch.random.get_rng_state()
+    loaded, _ = load_checkpoint(path)
+    assert torch.equal(torch.random.get_rng_state(), before)  # nothing drew initial weights
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad and p.device.type == "cpu"
+               for p in loaded.parameters())
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_loading_a_model_with_state_outside_its_checkpoint(tmp_path):
+    """timm's blur pool keeps its filter in a non-persistent buffer: the model is built for real."""
+    model = build_model({"arch": "timm:resnetblur18"}, 3, 128, 128).eval()
+    assert any(name.endswith("filt") for name, _ in model.named_buffers())
+    path = save_checkpoint(tmp_path / "blur.pt", model, feature_config=_features(), normalization=NORM,
+                           vocabulary=VOCAB)
+    loaded, _ = load_checkpoint(path)
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    x = torch.randn(1, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), model(x))
+
+
+def test_loading_names_weights_that_do_not_fit(tmp_path):
+    model = build_model(TINY_AST, 3, 128, 128)
+    path = save_checkpoint(tmp_path / "ast.pt", model, feature_config=_features(), normalization=NORM,
+                           vocabulary=VOCAB)
+    data = torch.load(path, weights_only=True)
+    del data["state_dict"]["norm.weight"]
+    data["state_dict"]["head.fc.bias"] = torch.zeros(5)
+    torch.save(data, path)
+    with pytest.raises(ValueError, match=r"checkpoint .*ast.pt: weights do not fit the model: 1 missing "
+                                         r"\[norm.weight\]; 1 shape mismatch \[head.fc.bias: \(5,\) vs model \(3,\)\]"):
+        load_checkpoint(path)
+
+
 def test_save_refuses_inconsistent_metadata(tmp_path):
     model = build_model(TINY_AST, 3, 128, 128)
     with pytest.raises(ValueError, match="vocabulary has 2 labels, the model 3"):

@@ -246,6 +246,34 @@ def test_other_provenance_needs_overwrite(main, tmp_path, scheduler):
     assert np.abs(reseeded.logits[:, 1:] - main["logits"][:, 1:]).max() > 1e-2  # other augmented views
 
 
+def test_the_checkpoint_is_hashed_once_per_run(main, tmp_path, scheduler, monkeypatch):
+    """The driver hashes the checkpoint for the provenance; a worker loading the teacher does not rehash it."""
+    from cmkd_pipe.stages import teacher_logits
+
+    hashed = []
+    monkeypatch.setattr(teacher_logits, "file_sha256", lambda path, real=teacher_logits.file_sha256:
+                        hashed.append(path) or real(path))
+    monkeypatch.setattr(teacher_logits, "_TEACHERS", {})  # as a fresh worker: the teacher is loaded
+    summary = run_teacher_logits(main["features"], main["checkpoint"], tmp_path / "once.zarr", batch_size=5,
+                                 scheduler=scheduler, progress=False)
+    assert summary["chunks_run"] == 3 and hashed == [main["checkpoint"]]
+
+
+def test_workers_refuse_a_checkpoint_changed_after_it_was_hashed(main, tmp_path, monkeypatch):
+    from cmkd_pipe.pipeline.models.checkpoint import file_sha256, file_stamp
+    from cmkd_pipe.stages import teacher_logits
+
+    path = Path(shutil.copy(main["checkpoint"], tmp_path / "teacher.pt"))
+    digest, stamp = file_sha256(path), file_stamp(path)
+    monkeypatch.setattr(teacher_logits, "_TEACHERS", {})
+    model, _ = teacher_logits._teacher(str(path), digest, stamp, "cpu")
+    assert not model.training
+    save_teacher(path, main["store"], seed=2)  # replaced after the driver hashed it
+    monkeypatch.setattr(teacher_logits, "_TEACHERS", {})
+    with pytest.raises(StoreError, match=r"teacher.pt changed since this run started \(size or modification time"):
+        teacher_logits._teacher(str(path), digest, stamp, "cpu")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to watch the process group")
 def test_killed_run_resumes_to_the_same_logits(main, tmp_path, scheduler):

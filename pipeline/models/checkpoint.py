@@ -10,6 +10,7 @@ the model was trained on, unless a label map recorded for exactly that corpus vo
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -97,10 +98,19 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """(model rebuilt from its config with the weights loaded strictly, metadata without state_dict)."""
+    """(model rebuilt from its config with the weights loaded strictly, metadata without state_dict).
+
+    The model is built on the meta device, so no random initialisation is computed and thrown away, and
+    takes the checkpoint's tensors; a model with state the checkpoint does not hold (non-persistent
+    buffers, e.g. timm's blur-pool filters) is built for real and loaded by copy."""
     data = read_checkpoint(path, map_location)
-    model = build_model(data["model_config"], data["n_classes"], data["n_mels"], data["n_frames"])
-    load_strict(model, data["state_dict"], source=f"checkpoint {path}")
+    shape = (data["model_config"], data["n_classes"], data["n_mels"], data["n_frames"])
+    with torch.device("meta"):
+        model = build_model(*shape)
+    load_strict(model, data["state_dict"], source=f"checkpoint {path}", assign=True)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        model = build_model(*shape)
+        load_strict(model, data["state_dict"], source=f"checkpoint {path}")
     model.to(map_location)
     meta = {k: v for k, v in data.items() if k != "state_dict"}
     return model, meta
@@ -140,3 +150,9 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_stamp(path: str | os.PathLike) -> tuple[int, int]:
+    """(size, modification time in ns): a cheap check that a file is still the one hashed earlier."""
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns

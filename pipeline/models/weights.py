@@ -411,10 +411,11 @@ _CONVERTERS = {"timm-vit": _timm_vit, "ast-official": _ast_official, "ast-hf": _
                "timm-cnn": _timm_cnn, "psla": _psla, "native-cnn": _native}  # format -> (model, sd, hf, path)
 
 
-def load_strict(model: nn.Module, sd: StateDict, *, source: str, new_head: bool = False) -> None:
+def load_strict(model: nn.Module, sd: StateDict, *, source: str, new_head: bool = False, assign: bool = False) -> None:
     """Load `sd` (already in our key names) into `model`, or raise one WeightsError listing every
     missing, unexpected and mis-shaped key. With `new_head` the head is left out of the check and
-    re-initialised; otherwise a head of another shape asks for --new-head."""
+    re-initialised; otherwise a head of another shape asks for --new-head. `assign` makes the model
+    take sd's tensors instead of copying into its own (a model built on the meta device)."""
     own = model.state_dict()
     head = {k for k in own if k.startswith(HEAD_PREFIX)}
     if new_head:
@@ -437,7 +438,7 @@ def load_strict(model: nn.Module, sd: StateDict, *, source: str, new_head: bool 
             problems.append(f"{len(mismatched)} shape mismatch {_short(shapes)}")
         hint = "; pass --new-head to start a fresh head" if missing and set(missing) <= head else ""
         raise WeightsError(f"{source}: weights do not fit the model: {'; '.join(problems)}{hint}")
-    model.load_state_dict(sd, strict=not new_head)
+    model.load_state_dict(sd, strict=not new_head, assign=assign)
     if new_head:
         model.reset_head()
 
