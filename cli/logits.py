@@ -33,7 +33,7 @@ def teacher_logits(
                                                           "(every task in this process, for tiny corpora); "
                                                           "default: a LocalCluster on this machine")] = None,
     workers: Annotated[Optional[int], typer.Option(help="LocalCluster workers (default: number of cores; "
-                                                        "1 on CUDA)")] = None,
+                                                        "on CUDA one per GPU)")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda | cuda:N (default: cuda when available)")]
     = None,
     overwrite: Annotated[bool, typer.Option(help="delete an existing logits store at --out first")] = False,

@@ -74,7 +74,8 @@ def run_teacher_logits(features: str | os.PathLike, checkpoint: str | os.PathLik
     """Build or resume the logits store of `checkpoint` over `features`; return a summary dict.
 
     chunk_clips defaults to the feature store's, so each task reads whole feature chunks. On CUDA
-    (bf16 autocast) a LocalCluster gets one worker unless n_workers says otherwise.
+    (bf16 autocast) every task asks for one GPU of its worker (pipeline.parallel), and a LocalCluster has
+    one worker per visible GPU (`cuda`; n_workers of them, round robin, if given) or one on GPU N (`cuda:N`).
     """
     features, checkpoint, out = Path(features), Path(checkpoint), Path(out)
     if mix_mode not in MIX_MODES:
@@ -103,15 +104,14 @@ def run_teacher_logits(features: str | os.PathLike, checkpoint: str | os.PathLik
 def _run_locked(group: zarr.Group, store: FeatureStore, out: Path, features: Path, teacher: dict[str, Any],
                 stamp: tuple[int, int], spec: ViewSpec, mix_mode: str, batch_size: int, scheduler: str | None,
                 n_workers: int | None, device: str, progress: bool, columns: tuple[int, ...] | None) -> dict[str, Any]:
-    if n_workers is None and scheduler is None and device.startswith("cuda"):
-        n_workers = 1  # one process owns the GPU; start one Dask worker per GPU yourself for more
+    device, gpus = gpu_plan(device, n_workers, scheduler)
     chunk = int(group.attrs["chunk_clips"])
     todo = pending_chunks(group)
     tasks = [ChunkTask(str(out.resolve()), i, str(features.resolve()), store.fingerprint, teacher["checkpoint"],
                        teacher["checkpoint_sha256"], stamp, spec.to_dict(), mix_mode, batch_size, device,
                        group.attrs["generation"], columns) for i in todo]
     started = time.perf_counter()
-    run_tasks(compute_chunk, tasks, scheduler=scheduler, n_workers=n_workers, desc="teacher logits",
+    run_tasks(compute_chunk, tasks, scheduler=scheduler, n_workers=n_workers, gpus=gpus, desc="teacher logits",
               progress=progress)
     seconds = time.perf_counter() - started
     clips_run = sum(stop - start for start, stop in (chunk_range(i, chunk, len(store)) for i in todo))
@@ -144,6 +144,21 @@ def _teacher_provenance(checkpoint: Path, store: FeatureStore,
     if meta.get("extra", {}).get("imported"):
         teacher["imported"] = meta["extra"]["imported"]
     return teacher, label_map, stamp
+
+
+def gpu_plan(device: str, n_workers: int | None, scheduler: str | None) -> tuple[str, list[int] | None]:
+    """(device the tasks use, GPUs of the workers or None for CPU tasks). A LocalCluster started here pins
+    each worker to one GPU, so its tasks use `cuda`: one worker per visible GPU (n_workers of them, round
+    robin, if given), or one on GPU N for `cuda:N`. On a cluster by address the workers see their own GPU."""
+    where = torch.device(device)
+    if where.type != "cuda":
+        return device, None
+    if scheduler is not None:  # in this process, or a cluster whose GPU workers each see their own device
+        return device, [where.index or 0]
+    if where.index is not None:
+        return "cuda", [where.index]
+    visible = max(torch.cuda.device_count(), 1)
+    return "cuda", [k % visible for k in range(n_workers or visible)]
 
 
 def _device(device: str | None) -> str:

@@ -73,3 +73,45 @@ def malloc_trim_setting(item: int) -> str | None:
 def test_cluster_workers_do_not_get_distributeds_malloc_trim_setting(dask_cluster: str) -> None:
     """distributed's MALLOC_TRIM_THRESHOLD_=65536 slows a torch forward 2.3-3x; our clusters leave it out."""
     assert run_tasks(malloc_trim_setting, [0, 1], scheduler=dask_cluster, progress=False) == [None, None]
+
+
+def busy_interval(item: int) -> tuple[int, float, float, str | None]:
+    """(worker process, start, end, the GPUs it sees) of a task that holds its worker for 0.3 s."""
+    import os
+    import time
+
+    start = time.monotonic()
+    time.sleep(0.3)
+    return os.getpid(), start, time.monotonic(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def overlaps_within_a_worker(results: list[tuple[int, float, float, str | None]]) -> bool:
+    by_worker: dict[int, list[tuple[float, float]]] = {}
+    for pid, start, end, _ in results:
+        by_worker.setdefault(pid, []).append((start, end))
+    return any(later[0] < earlier[1] for spans in by_worker.values()
+               for earlier, later in zip(sorted(spans), sorted(spans)[1:]))
+
+
+def test_gpu_tasks_run_one_at_a_time_on_workers_declaring_the_resource() -> None:
+    """Workers with two threads and one (fake) GPU: GPU tasks never share a worker, other tasks do."""
+    from cmkd_pipe.pipeline.parallel import local_cluster
+
+    with local_cluster(2, threads_per_worker=2, resources={"GPU": 1}) as cluster:
+        address = cluster.scheduler_address
+        gpu = run_tasks(busy_interval, list(range(6)), scheduler=address, gpus=[0], progress=False)
+        plain = run_tasks(busy_interval, list(range(6)), scheduler=address, progress=False)
+    assert len({pid for pid, *_ in gpu}) == 2 and not overlaps_within_a_worker(gpu)
+    assert overlaps_within_a_worker(plain)
+
+
+def test_a_cluster_started_for_gpu_tasks_pins_one_worker_per_gpu() -> None:
+    results = run_tasks(busy_interval, list(range(6)), gpus=[0, 1], progress=False)
+    seen = {pid: visible for pid, _, _, visible in results}
+    assert sorted(seen.values()) == ["0", "1"] and not overlaps_within_a_worker(results)
+
+
+def test_gpu_tasks_refuse_a_cluster_without_gpu_workers(dask_cluster: str) -> None:
+    with pytest.raises(ValueError, match=rf"scheduler {dask_cluster}: no worker declares the GPU resource; start "
+                                         r"one worker per GPU with `CUDA_VISIBLE_DEVICES=K dask worker"):
+        run_tasks(busy_interval, [0], scheduler=dask_cluster, gpus=[0], progress=False)

@@ -274,6 +274,24 @@ def test_workers_refuse_a_checkpoint_changed_after_it_was_hashed(main, tmp_path,
         teacher_logits._teacher(str(path), digest, stamp, "cpu")
 
 
+def test_gpu_plan_pins_local_workers_and_asks_every_task_for_a_gpu(monkeypatch):
+    from cmkd_pipe.stages.teacher_logits import gpu_plan
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert gpu_plan("cpu", None, None) == ("cpu", None)
+    assert gpu_plan("cuda", None, None) == ("cuda", [0, 1])  # one worker per GPU, each sees its own as cuda
+    assert gpu_plan("cuda", 3, None) == ("cuda", [0, 1, 0])
+    assert gpu_plan("cuda:1", None, None) == ("cuda", [1])
+    assert gpu_plan("cuda:1", None, "tcp://host:8786") == ("cuda:1", [1])  # the cluster's workers are pinned
+    assert gpu_plan("cuda", None, "synchronous") == ("cuda", [0])
+
+
+def test_cuda_on_a_cluster_without_gpu_workers_is_refused(main, tmp_path, dask_cluster):
+    with pytest.raises(ValueError, match=r"no worker declares the GPU resource.*or pass --device cpu$"):
+        run_teacher_logits(main["features"], main["checkpoint"], tmp_path / "gpu.zarr", device="cuda",
+                           scheduler=dask_cluster, progress=False)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to watch the process group")
 def test_killed_run_resumes_to_the_same_logits(main, tmp_path, scheduler):
