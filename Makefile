@@ -31,7 +31,7 @@ PLAN_ARGS = --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --r
 TEACHER_ARGS = $(foreach t,$(TEACHER),--teacher '$(t)') $(if $(TEACHER_LABELS),--teacher-labels $(TEACHER_LABELS)) \
 	$(if $(ALLOW_UNMAPPED),--allow-unmapped)
 
-.PHONY: install test test-all demo gpu-check cmkd manifest features train import-teacher teacher-logits train-student \
+.PHONY: install test test-all demo bench gpu-check cmkd manifest features train import-teacher teacher-logits train-student \
 	report status plan
 
 install: $(VENV)/.installed
@@ -76,6 +76,12 @@ manifest features train import-teacher teacher-logits train-student report: plan
 status: install
 	$(CLI) status --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --run-dir $(RUN_DIR) $(foreach s,$(SET),--set '$(s)') \
 		$(if $(FOLDS),--folds $(FOLDS)) $(if $(PRESET),--preset $(PRESET)) $(TEACHER_ARGS)
+
+# Every benchmark (benchmarks/results.py), variants alternated, into benchmarks/RESULTS.md: one table of
+# before/after ratios with the machine's load. About 20 min on 2 cores; QUICK=1 runs the tiny smoke versions.
+QUICK ?=
+bench: install
+	$(VENV)/bin/python -m benchmarks.results --out benchmarks/RESULTS.md $(if $(QUICK),--quick)
 
 # The prepared GPU check (benchmarks/gpu.py): one JSON of teacher-inference and student-step numbers on the
 # paper-size models; without CUDA a tiny CPU version that only proves it runs.
