@@ -62,9 +62,9 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None,
 @contextlib.contextmanager
 def local_cluster(n_workers: int, threads_per_worker: int = 1, *, resources: dict[str, float] | None = None,
                   gpus: Sequence[int] | None = None) -> Iterator[Any]:
-    """A LocalCluster of `n_workers` processes, each declaring `resources`; with `gpus`, one worker per
-    entry instead, seeing only that GPU (CUDA_VISIBLE_DEVICES, so its `cuda` is that device) and declaring
-    one GPU. Its workers run torch at full speed: distributed sets MALLOC_TRIM_THRESHOLD_=65536
+    """A LocalCluster of `n_workers` processes, each declaring `resources`; with `gpus` (indices among the
+    GPUs this process sees), one worker per entry instead, seeing only that GPU (CUDA_VISIBLE_DEVICES, so
+    its `cuda` is that device) and declaring one GPU. Its workers run torch at full speed: distributed sets MALLOC_TRIM_THRESHOLD_=65536
     in every worker it spawns, which makes glibc return memory to the system so often that a torch forward
     runs 2.3-3x slower; it is left out here. (A nanny also writes it into its parent's environment, so an
     earlier cluster of this process may have left it there: it is lifted while the workers start.)"""
@@ -80,9 +80,10 @@ def local_cluster(n_workers: int, threads_per_worker: int = 1, *, resources: dic
             else:
                 options = {"host": "127.0.0.1", "nthreads": threads_per_worker, "dashboard": False,
                            "silence_logs": logging.ERROR, "resources": {**(resources or {}), GPU: 1}}
-                workers = {f"gpu{gpu}-{k}": {"cls": Nanny, "options": {**options,
-                                                                       "env": {"CUDA_VISIBLE_DEVICES": str(gpu)}}}
-                           for k, gpu in enumerate(gpus)}
+                visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # this process's GPUs, if restricted
+                devices = visible.split(",") if visible else [str(gpu) for gpu in range(max(gpus) + 1)]
+                workers = {f"gpu{gpu}-{k}": {"cls": Nanny, "options": {
+                    **options, "env": {"CUDA_VISIBLE_DEVICES": devices[gpu].strip()}}} for k, gpu in enumerate(gpus)}
                 scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False}}
                 cluster = SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
             with cluster:

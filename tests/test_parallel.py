@@ -105,10 +105,12 @@ def test_gpu_tasks_run_one_at_a_time_on_workers_declaring_the_resource() -> None
     assert overlaps_within_a_worker(plain)
 
 
-def test_a_cluster_started_for_gpu_tasks_pins_one_worker_per_gpu() -> None:
+def test_a_cluster_started_for_gpu_tasks_pins_one_worker_per_gpu(monkeypatch) -> None:
+    """GPU k of this process is the k-th of its CUDA_VISIBLE_DEVICES (here 5 and 7)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     results = run_tasks(busy_interval, list(range(6)), gpus=[0, 1], progress=False)
     seen = {pid: visible for pid, _, _, visible in results}
-    assert sorted(seen.values()) == ["0", "1"] and not overlaps_within_a_worker(results)
+    assert sorted(seen.values()) == ["5", "7"] and not overlaps_within_a_worker(results)
 
 
 def test_gpu_tasks_refuse_a_cluster_without_gpu_workers(dask_cluster: str) -> None:
