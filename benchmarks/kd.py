@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
                                for mode, trainer in trainers.items()}, args.rounds)
             results.timings(f"seconds per training step, {name}, batch {args.batch}", times)
             for mode, values in shares.items():
-                results.note(f"{name} {mode}: data share of the step {min(values[1:] or values):.1%}-"
-                             f"{max(values[1:] or values):.1%}")
+                timed = values[-args.rounds:]  # the warm-up round left out
+                results.note(f"{name} {mode}: data share of the step {min(timed):.1%}-{max(timed):.1%}")
             plain = times["plain"]
             pair = f"{args.student} <- {args.teacher} {name}, batch {args.batch}, {args.device}"
             results.ratio(f"step_cached1_vs_plain/{name}", f"cached-logit step (1 view) / plain step, {pair}",
