@@ -82,6 +82,7 @@ def markdown(results: dict[str, dict[str, Any]], quick: bool, wall_seconds: floa
             if entry["headline"]:
                 goal = f"{entry['goal'][0]} {entry['goal'][1]:g}x" if entry.get("goal") else "report"
                 lines.append(f"| {entry['label']} | {goal} | {_before(entry)} | {_ratio(entry)} | {_met(entry)} |")
+    lines += ["", gpu_check_line()]
     lines += ["", "## Machine and load", ""]
     for name, data in results.items():
         before, after = data["machine_before"], data["machine_after"]
@@ -108,6 +109,22 @@ def markdown(results: dict[str, dict[str, Any]], quick: bool, wall_seconds: floa
             lines.append("")
         lines += [f"- {note}" for note in data["notes"]]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def gpu_check_line(path: Path = REPO / "benchmarks" / "gpu-check.json") -> str:
+    """What `make gpu-check` last found (its JSON), or that it has not run on a GPU."""
+    report = json.loads(path.read_text()) if path.is_file() else None
+    if not report or report.get("device") == "cpu":
+        return ("GPU check: not run on a GPU (this machine has none); `make gpu-check` on the first GPU writes "
+                "benchmarks/gpu-check.json (bf16 teacher clips/s with the share of the device's peak, the paper "
+                "pair's student clips/s and data share with cached and online teacher, compile on/off, peak memory).")
+    best = max(report["teacher_logits"]["by_batch"], key=lambda row: row["clips_per_s"])
+    eager = report["student"]["eager"]
+    return (f"GPU check ({report['device']}, benchmarks/gpu-check.json): teacher {best['clips_per_s']:.0f} clips/s "
+            f"(batch {best['batch']}, {100 * (best['share_of_bf16_peak'] or 0):.0f} % of the bf16 peak); student "
+            f"{eager['cached']['clips_per_s']:.0f} clips/s cached, {eager['online']['clips_per_s']:.0f} online "
+            f"({eager['online_over_cached_step']:.2f}x the cached step); peak memory "
+            f"{report['peak_gpu_memory_gib']:.1f} GiB.")
 
 
 def _load(machine: dict[str, Any]) -> str:

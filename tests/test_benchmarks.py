@@ -83,6 +83,19 @@ def test_gpu_check_writes_its_json(tmp_path):
     assert low <= eager["online_over_cached_step"] <= high
 
 
+def test_results_name_the_gpu_check_only_when_it_ran_on_a_gpu(tmp_path):
+    from benchmarks.results import gpu_check_line
+
+    path = tmp_path / "gpu.json"
+    report = main(["--out", str(path), "--steps", "1", "--rounds", "1", "--tiny"])
+    assert gpu_check_line(path).startswith("GPU check: not run on a GPU")
+    report["device"], report["peak_gpu_memory_gib"] = "NVIDIA H200", 12.5
+    report["teacher_logits"]["by_batch"][0]["share_of_bf16_peak"] = 0.41
+    path.write_text(json.dumps(report))
+    line = gpu_check_line(path)
+    assert line.startswith("GPU check (NVIDIA H200, benchmarks/gpu-check.json): teacher ") and "12.5 GiB" in line
+
+
 def test_known_devices_have_a_bf16_peak():
     assert peak_tflops("NVIDIA H200") == 989.0
     assert peak_tflops("NVIDIA H100 PCIe") == 756.0 and peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
