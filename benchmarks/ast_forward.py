@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = finish_arguments(args)
     width, depth, heads = (args.embed_dim or (64 if args.quick else 768), args.depth or (1 if args.quick else 4),
                            args.heads or (4 if args.quick else 12))
-    results = Results("ast_forward", args)
+    results = Results("ast_forward", args, models=())
     for shape in args.shape_list:
         mels, frames = shape
         ours, hf = (model.to(args.device) for model in both_models(width, depth, heads, mels, frames, args.classes))

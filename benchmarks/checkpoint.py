@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work-dir", type=Path, help="where the checkpoints are written (default: a temporary "
                                                       "folder under /tmp)")
     args = finish_arguments(parser.parse_args(argv))
-    results = Results("checkpoint", args)
+    results = Results("checkpoint", args, models=("teacher",))
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)
         for shape in args.shape_list:

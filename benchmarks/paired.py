@@ -138,10 +138,11 @@ def machine() -> dict[str, Any]:
 class Results:
     """One benchmark's measurements: variant timings, paired ratios (some with a goal) and notes."""
 
-    def __init__(self, benchmark: str, args: argparse.Namespace) -> None:
+    def __init__(self, benchmark: str, args: argparse.Namespace, models: Sequence[str] = ("teacher", "student")) -> None:
+        """`models`: which of --teacher / --student this benchmark uses (recorded with the shapes)."""
         self.data: dict[str, Any] = {
             "benchmark": benchmark, "quick": bool(args.quick), "rounds": args.rounds,
-            "teacher": args.teacher_spec, "student": args.student_spec, "shapes": args.shapes,
+            "models": {role: getattr(args, f"{role}_spec") for role in models}, "shapes": args.shapes,
             "machine_before": machine(), "timings": {}, "ratios": [], "notes": [],
         }
         self.started = time.perf_counter()
@@ -153,14 +154,16 @@ class Results:
 
     def ratio(self, key: str, label: str, numerator: Sequence[float], denominator: Sequence[float], *,
               goal: tuple[str, float] | None = None, before: dict[str, Any] | None = None,
-              headline: bool = True) -> dict[str, Any]:
+              headline: bool = True, why_not: str | None = None) -> dict[str, Any]:
         """Record numerator/denominator paired over rounds; `goal` ('>=' or '<=', value) is checked on the
-        median; `before` is the same ratio measured with the code before the change (a paired() result)."""
+        median; `before` is the same ratio measured with the code before the change (a paired() result);
+        `why_not`: what the measurements say about a missed goal (kept only when it is missed)."""
         entry = {"key": key, "label": label, **paired(numerator, denominator), "headline": headline,
-                 "goal": list(goal) if goal else None, "before": before}
+                 "goal": list(goal) if goal else None, "before": before, "why_not": None}
         if goal:
             op, value = goal
             entry["met"] = entry["median"] >= value if op == ">=" else entry["median"] <= value
+            entry["why_not"] = None if entry["met"] else why_not
         self.data["ratios"].append(entry)
         print(f"{label}: {entry['median']:.2f}x (min {entry['min']:.2f}, max {entry['max']:.2f})"
               + (f"; before {before['median']:.2f}x" if before else "")

@@ -76,12 +76,13 @@ def markdown(results: dict[str, dict[str, Any]], quick: bool, wall_seconds: floa
              "Every benchmark alternates its variants (A B A B ..., one torch thread each) and a ratio is the "
              "median of the per-round ratios, with the min and max over rounds in brackets. *Before*: the same "
              "ratio with the code before issue #13, measured in the same run, or the figure issue #13 reported.",
-             "", "| measure | goal | before | now | met |", "|---|---|---|---|---|"]
+             "", "| measure | goal | before | now | met | why not |", "|---|---|---|---|---|---|"]
     for data in results.values():
         for entry in data["ratios"]:
             if entry["headline"]:
                 goal = f"{entry['goal'][0]} {entry['goal'][1]:g}x" if entry.get("goal") else "report"
-                lines.append(f"| {entry['label']} | {goal} | {_before(entry)} | {_ratio(entry)} | {_met(entry)} |")
+                lines.append(f"| {entry['label']} | {goal} | {_before(entry)} | {_ratio(entry)} | {_met(entry)} | "
+                             f"{entry.get('why_not') or ''} |")
     lines += ["", gpu_check_line()]
     lines += ["", "## Machine and load", ""]
     for name, data in results.items():
@@ -94,8 +95,8 @@ def markdown(results: dict[str, dict[str, Any]], quick: bool, wall_seconds: floa
                       "process. The machine is shared: a load average above the core count means other work "
                       "ran at the same time, which is why only paired ratios are compared."]
     for name, data in results.items():
-        lines += ["", f"## {name}", "", f"Teacher `{json.dumps(data['teacher'])}`, student "
-                                        f"`{json.dumps(data['student'])}`, shapes {data['shapes']}.", ""]
+        models = ", ".join(f"{role} `{json.dumps(spec)}`" for role, spec in data["models"].items())
+        lines += ["", f"## {name}", "", f"{models + ', ' if models else ''}shapes {data['shapes']}.", ""]
         for group, timing in data["timings"].items():
             lines += [f"{group} (seconds: min / median / max over rounds)", "", "| variant | min | median | max |",
                       "|---|---|---|---|"]
