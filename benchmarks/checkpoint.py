@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
                                "load, now": lambda: load_checkpoint(path),
                                "sha256": lambda: file_sha256(path)}, args.rounds)
             results.timings(f"checkpoint of {megabytes:.0f} MB, {name}", times)
-            read_s, now_s, before_s = (statistics.median(times[k]) for k in ("read the file", "load, now", "load, before"))
+            read_s, now_s, before_s = (statistics.median(times[key])
+                                       for key in ("read the file", "load, now", "load, before"))
             results.ratio(f"checkpoint_load_vs_read/{name}", f"checkpoint load / file read, {args.teacher} {name}",
                           times["load, now"], times["read the file"], goal=("<=", 1.5),
                           before=paired(times["load, before"], times["read the file"]),

@@ -138,7 +138,8 @@ def machine() -> dict[str, Any]:
 class Results:
     """One benchmark's measurements: variant timings, paired ratios (some with a goal) and notes."""
 
-    def __init__(self, benchmark: str, args: argparse.Namespace, models: Sequence[str] = ("teacher", "student")) -> None:
+    def __init__(self, benchmark: str, args: argparse.Namespace,
+                 models: Sequence[str] = ("teacher", "student")) -> None:
         """`models`: which of --teacher / --student this benchmark uses (recorded with the shapes)."""
         self.data: dict[str, Any] = {
             "benchmark": benchmark, "quick": bool(args.quick), "rounds": args.rounds,

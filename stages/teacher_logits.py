@@ -34,7 +34,8 @@ from cmkd_pipe.pipeline.config import Normalization
 from cmkd_pipe.pipeline.features import normalize
 from cmkd_pipe.pipeline.label_map import LabelMap
 from cmkd_pipe.pipeline.metrics import summarize
-from cmkd_pipe.pipeline.models.checkpoint import check_compatible, file_sha256, file_stamp, load_checkpoint, read_checkpoint
+from cmkd_pipe.pipeline.models.checkpoint import (check_compatible, file_sha256, file_stamp, load_checkpoint,
+                                                  read_checkpoint)
 from cmkd_pipe.pipeline.parallel import run_tasks
 from cmkd_pipe.pipeline.predict import model_logits, probabilities, to_device
 from cmkd_pipe.pipeline.records import atomic_path
