@@ -66,8 +66,9 @@ def local_cluster(n_workers: int, threads_per_worker: int = 1, *, resources: dic
     GPUs this process sees), one worker per entry instead, seeing only that GPU (CUDA_VISIBLE_DEVICES, so
     its `cuda` is that device) and declaring one GPU. Its workers run torch at full speed: distributed
     sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns, which makes glibc return memory to the
-    system so often that a torch forward runs 2.3-3x slower; it is left out here. (A nanny also writes it into its parent's environment, so an
-    earlier cluster of this process may have left it there: it is lifted while the workers start.)"""
+    system so often that a torch forward runs 2.3-3x slower; it is left out here. (A nanny also writes it
+    into its parent's environment, so an earlier cluster of this process may have left it there: it is
+    lifted while the workers start.)"""
     import dask
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
