@@ -81,7 +81,7 @@ class CachedTeacher(TeacherSource):
 
     With K > 1 cached views the student sees only those: each clip draws a view, view 0 being the clean,
     unmixed input. With one (clean) view the student gets its own mixup and SpecAugment, taught by the
-    clean logits (mixed by the same λ): the cheap mode, whose inconsistency the demo measures."""
+    clean logits (mixed by the same λ): the cheap mode (docs/DEMO_CORPUS.md compares the two on validation)."""
 
     role = "student"
 
@@ -106,17 +106,16 @@ class CachedTeacher(TeacherSource):
             view = torch.randint(0, self.views.spec.n_views, (n,), generator=generator)
         viewed = view > 0
         y = torch.from_numpy(batch.y)
-        out = augment_batch(torch.from_numpy(batch.x), y, torch.from_numpy(batch.valid.astype(np.int64)),
-                            self.augment, generator, keep=viewed)
-        x, targets = out.x, out.y
         clean = self.logits.rows(batch.indices)  # [B, V, K]
         base = self.teacher_probs(torch.from_numpy(clean[:, 0]))
-        teacher_p = out.lam[:, None] * base + (1 - out.lam[:, None]) * base[out.perm]
-        if self.views.spec.n_views > 1:  # only cached views: view-0 rows are the clean input the teacher saw
-            clean_rows = (~viewed).nonzero().flatten()
-            x[clean_rows] = torch.from_numpy(batch.x[clean_rows.numpy()]).to(x.dtype)
-            targets[clean_rows] = y[clean_rows].to(targets.dtype)
-            teacher_p[clean_rows] = base[clean_rows]
+        if self.views.spec.n_views > 1:  # only cached views: view-0 rows stay the clean input the teacher saw
+            x = torch.tensor(batch.x, dtype=torch.float32)  # copies: the batch's arrays are not ours to write
+            targets, teacher_p = y.to(torch.float32, copy=True), base.clone()
+        else:  # one clean view: the batch's own augmentation, taught by the clean logits mixed alike
+            out = augment_batch(torch.from_numpy(batch.x), y, torch.from_numpy(batch.valid.astype(np.int64)),
+                                self.augment, generator)
+            x, targets = out.x, out.y
+            teacher_p = out.lam[:, None] * base + (1 - out.lam[:, None]) * base[out.perm]
         rows = viewed.nonzero().flatten()
         if len(rows):
             sel = rows.numpy()
