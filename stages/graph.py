@@ -232,7 +232,8 @@ def _students(profile: DatasetProfile, config: dict[str, Any]) -> list[tuple[str
         student, teacher = profile.online_reference
         students.append((student, teacher, "-online", {}))
     cross = next((s, t) for s in families for t in families if s != t)
-    students += [(*cross, f"-{form}", {"form": form}) for form in profile.kd_forms]
+    default_form = config["kd"]["form"]  # the plain cross-model student already trains with it
+    students += [(*cross, f"-{form}", {"form": form}) for form in profile.kd_forms if form != default_form]
     return students
 
 

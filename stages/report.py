@@ -86,6 +86,11 @@ class Run:
         return isinstance(record, dict) and (record.get("labels") or {}).get("teaching") == "online"
 
     @property
+    def kd_form(self) -> str | None:
+        """The KD loss form it was trained with (None for a baseline or an unknown config)."""
+        return (_run_config(self.path).get("kd") or {}).get("form")
+
+    @property
     def best_on_test(self) -> bool:
         """The best epoch was chosen on the test split itself (data.val == data.test)."""
         data = _run_config(self.path).get("data") or {}
@@ -114,7 +119,7 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     rows = [_row(name, groups, runs, metric) for name in names]
     students = [row["run"] for row in rows if row["role"] == "student"]
     per_class = _per_class(students, groups, runs, multilabel, class_names)
-    curves = {f"test_{metric}": _curves(names, groups, runs, f"test_{metric}"),
+    curves = {f"val_{metric}": _curves(names, groups, runs, f"val_{metric}"),
               AGREEMENT: _curves(students, groups, runs, AGREEMENT)}
     labels = {row["run"]: _label(row) for row in rows}
     report = {"schema": SCHEMA, "run_dir": str(run_dir), "metric": metric, "multilabel": multilabel,
@@ -124,8 +129,8 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
               "class_names": list(class_names) if class_names is not None else None,
               "figures": FIGURES, "code_version": code_version()}
     out.mkdir(parents=True, exist_ok=True)
-    _plot_curves(out / FIGURES["learning_curves"], curves[f"test_{metric}"], labels, f"test {metric}",
-                 "no run has logged a test metric yet")
+    _plot_curves(out / FIGURES["learning_curves"], curves[f"val_{metric}"], labels, f"validation {metric}",
+                 "no run has logged a validation metric yet")
     _plot_per_class(out / FIGURES["per_class"], per_class, labels, _class_metric_name(multilabel), class_names)
     _plot_curves(out / FIGURES["agreement"], curves[AGREEMENT], labels, "top-1 agreement with the teacher",
                  "no KD run has logged teacher_agreement yet")
@@ -324,7 +329,8 @@ def _online_rows(groups: list[str], runs: dict[tuple[str, str], Run], metric: st
 
 
 def _kd_forms(groups: list[str], runs: dict[tuple[str, str], Run], metric: str) -> list[dict[str, Any]]:
-    """Per student-teacher pair with KD-form variants (`...-<form>` runs): the metric of each form."""
+    """Per student-teacher pair with KD-form variants (`...-<form>` runs): the metric of each form. The
+    plain `student-<s>-from-<t>` run stands for the form its config names (the graph does not train it twice)."""
     pairs: dict[str, dict[str, dict[str, Any]]] = {}
     for (_, name) in runs:
         match = RUN_NAME.fullmatch(name)
@@ -332,8 +338,11 @@ def _kd_forms(groups: list[str], runs: dict[tuple[str, str], Run], metric: str) 
             pairs.setdefault(f"student-{match.group(2)}-from-{match.group(3)}", {})
     for pair, forms in pairs.items():
         for form in KD_FORMS:
-            values = {g: runs[(g, f"{pair}-{form}")].value("single", metric) for g in groups
-                      if (g, f"{pair}-{form}") in runs}
+            values = {}
+            for group in groups:
+                run = runs.get((group, f"{pair}-{form}")) or runs.get((group, pair))
+                if run is not None and (run.name != pair or run.kd_form == form):
+                    values[group] = run.value("single", metric)
             if values:
                 forms[form] = _stats(values)
     return [{"pair": pair, "forms": forms} for pair, forms in sorted(pairs.items())]
@@ -637,7 +646,8 @@ def markdown(report: dict[str, Any]) -> str:
         "## Missing runs", "",
         *([f"- `{m['group']}/{m['run']}`: {m['reason']}" for m in report["missing"]] or ["None."]), "",
         "## Learning curves", "", f"![learning curves]({FIGURES['learning_curves']})", "",
-        f"Test {report['metric']} after each epoch for every run (mean over groups, band ± std).", "",
+        f"Validation {report['metric']} after each epoch for every run (mean over groups, band ± std): the "
+        "split that chooses the best epoch; the test split is scored per epoch only for the checkpoint ensemble.", "",
         "## Per-class: students against their teachers", "", f"![per-class]({FIGURES['per_class']})", "",
         f"Each point is a class: the teacher's per-class {_class_metric_name(report['multilabel'])} (x) against "
         "the student's (y) on the same test clips, averaged over groups; above the diagonal the student is better.",
@@ -647,7 +657,8 @@ def markdown(report: dict[str, Any]) -> str:
         parts.append(f"- {labels[name]} (`{name}`): above its teacher on {entry['better']} of {entry['classes']} "
                      f"classes, below on {entry['worse']}.")
     parts += ["", "## Student–teacher agreement", "", f"![agreement]({FIGURES['agreement']})", "",
-              "Share of test clips where the student's top class is the teacher's, after each epoch (KD runs).", ""]
+              "Share of validation clips where the student's top class is the teacher's, after each epoch (KD runs).",
+              ""]
     return "\n".join(parts)
 
 
@@ -702,7 +713,7 @@ def _kd_form_part(report: dict[str, Any]) -> list[str]:
                  for form in KD_FORMS]
         lines.append(f"| {_describe_name(row['pair'])} | " + " | ".join(cells) + " |")
     return lines + ["", "Runs `<student>-<form>`: the same student and teacher trained with each KD loss form "
-                    "(mean ± sample std over groups).", ""]
+                    "(mean ± sample std over groups); the configured form's cell is the plain student's run.", ""]
 
 
 def _describe_name(name: str) -> str:

@@ -22,6 +22,7 @@ from cmkd_pipe.pipeline.config import dump_config
 from cmkd_pipe.pipeline.metrics import summarize
 from cmkd_pipe.pipeline.records import copy_atomic, save_npz_atomic, write_json_atomic, write_text_atomic
 from cmkd_pipe.pipeline.training.distributed import barrier, init_distributed, shutdown
+from cmkd_pipe.pipeline.models.checkpoint import read_checkpoint
 from cmkd_pipe.pipeline.models.registry import family_of_arch
 from cmkd_pipe.pipeline.training.engine import FitOutcome, Trainer, TrainRequest, wa_range
 from cmkd_pipe.pipeline.training.logs import RunLogger
@@ -48,6 +49,18 @@ def train(features: str | os.PathLike, arch: str, out: str | os.PathLike, *, pre
                            allow_download=allow_download, progress=progress,
                            extra={"preset": preset, **(extra or {})})
     return run_training(request)
+
+
+def best_test_metrics(trainer: Trainer, outcome: FitOutcome) -> dict[str, Any]:
+    """Test metrics of the best validation epoch: recorded in that epoch when the test split was scored
+    every epoch, else scored now from best.pt (empty when no epoch was best, e.g. a metric that is None)."""
+    if outcome.best.get("test") is not None:
+        return outcome.best["test"]
+    if outcome.best["epoch"] is None:
+        return {}
+    best = copy.deepcopy(trainer.core)
+    best.load_state_dict(read_checkpoint(trainer.best_path())["state_dict"])
+    return trainer.evaluate(trainer.splits.test, best)[0]
 
 
 RUN_FILES = ("checkpoints", "results.json", "final.pt", "best.pt", "wa.pt", "metrics.jsonl", "metrics.csv",
@@ -93,12 +106,12 @@ def write_run_folder(trainer: Trainer, outcome: FitOutcome, logger: RunLogger | 
     """Weight averaging, the ensemble, final.pt, test_predictions.npz, results.json and curves.png (rank 0
     writes; every rank takes part in the gathered predictions and returns the results)."""
     out, store, test = trainer.out, trainer.store, trainer.splits.test
-    last = outcome.last if outcome.last is not None else trainer.evaluate(test)[0]
+    last, final_scores = trainer.evaluate(test)  # the last epoch's model (also when test was scored per epoch)
     results: dict[str, Any] = {"arch": trainer.checkpoint_meta["extra"]["arch"], "metric": trainer.metric,
                                "epochs": trainer.epochs, "multilabel": store.multilabel, "n_test": int(len(test)),
-                               "last": last, "best": {"epoch": outcome.best["epoch"], **outcome.best.get("test", {})}}
+                               "last": last, "best": {"epoch": outcome.best["epoch"], **best_test_metrics(trainer,
+                                                                                                      outcome)}}
     export = "last"
-    final_scores = trainer.predict(test)
     if outcome.weight_average.count:
         wa_model = copy.deepcopy(trainer.core)
         wa_model.load_state_dict(outcome.weight_average.average())
@@ -109,7 +122,7 @@ def write_run_folder(trainer: Trainer, outcome: FitOutcome, logger: RunLogger | 
     if outcome.ensemble.count:
         results["ensemble"] = summarize(outcome.ensemble.mean(), store.targets[test], store.multilabel)
     results["final"] = export  # every rank returns it (the CLI prints it under torchrun too)
-    teacher_scores = trainer.teacher.test_probabilities(test)  # collective for an online teacher
+    teacher_scores = trainer.teacher.probabilities(test)  # collective for an online teacher
     if trainer.dist.is_main:
         if export == "wa":
             copy_atomic(out / "wa.pt", out / "final.pt")

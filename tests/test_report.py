@@ -211,7 +211,7 @@ def test_table_numbers_match_the_runs(single_label: tuple[Path, dict[str, Any]])
 
 def test_curves_and_per_class_metrics(single_label: tuple[Path, dict[str, Any]]) -> None:
     root, report = single_label
-    learning = report["curves"]["test_accuracy"]
+    learning = report["curves"]["val_accuracy"]
     assert set(learning) == {*BASELINES, *STUDENTS}
     for name, entry in learning.items():
         assert entry["epoch"] == [1, 2, 3]
@@ -502,3 +502,10 @@ def test_kd_form_table(tmp_path: Path) -> None:
     assert row_of(report, "student-ast-from-cnn-bce")["teacher"] == "CNN (bce)"
     md = (root / "report" / "report.md").read_text()
     assert "| KD-AST ← CNN | 0.4000 | — | 0.4800 |" in md
+    # the plain student (0.44) is the sigmoid-kl cell when its config names that form (the graph trains no
+    # `-sigmoid-kl` twin of it)
+    (root / "main" / "student-ast-from-cnn" / "config.yaml").write_text("kd:\n  form: sigmoid-kl\n")
+    forms = build_report(root)["kd_forms"][0]["forms"]
+    assert {form: stats["mean"] for form, stats in forms.items()} == {
+        "softmax-kl": pytest.approx(0.40), "sigmoid-kl": pytest.approx(0.44), "bce": pytest.approx(0.48)}
+    assert "| KD-AST ← CNN | 0.4000 | 0.4400 | 0.4800 |" in (root / "report" / "report.md").read_text()

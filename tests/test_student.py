@@ -169,7 +169,7 @@ def test_online_teacher_runs_the_teacher_on_the_augmented_input_and_scores_test_
     store, cpu = world["store"], DistInfo(0, 1, torch.device("cpu"))
     teacher = OnlineTeacher(store, config["augment"], cpu, world["teacher"], probabilities_t, batch_size=16,
                             amp=False)
-    assert teacher._test is None  # nothing scored while building it
+    assert not teacher._scored  # nothing scored while building it
     batch = next(iter(batches(store, store.select("train")[:16], 16)))
     got = teacher.inputs(batch, torch.Generator().manual_seed(7))
     plain = NoTeacher(store, config["augment"], cpu.device).inputs(batch, torch.Generator().manual_seed(7))
@@ -180,10 +180,10 @@ def test_online_teacher_runs_the_teacher_on_the_augmented_input_and_scores_test_
         expected = torch.softmax(model.eval()(normalize(plain.x, Normalization.from_dict(meta["normalization"]))), -1)
     np.testing.assert_allclose(got.teacher_p.numpy(), expected.numpy(), rtol=0, atol=1e-6)
     rows = store.select("eval")
-    scores = teacher.test_probabilities(rows)
+    scores = teacher.probabilities(rows)
     cached = np.asarray(LogitsStore(world["views1"]).logits[:, 0])[rows]
     np.testing.assert_allclose(scores, probabilities(cached), rtol=0, atol=1e-5)
-    assert teacher.test_probabilities(rows) is scores  # kept after the first call
+    assert teacher.probabilities(rows) is scores  # kept after the first call
 
 
 # ---------------------------------------------------------------- λ = 1 is a plain run
@@ -294,12 +294,13 @@ def test_kd_student_learns_its_teacher_not_the_labels(world):
     zarr.open_group(store=str(shifted), mode="r+")["logits"][:] = 4.0 * wrong[:, None, :]
     reseal(shifted)  # a deliberate edit: record the new chunk files, or readers refuse them as altered
     steady = ["augment.mixup_rate=0.0", "augment.freq_mask=0", "augment.time_mask=0", "schedule.decay_start_epoch=8"]
-    train(world["features"], "ast", root / "kd-shifted", preset="smoke", logits=str(shifted), progress=False,
-          overrides=[*FAST, *steady, "kd.lam=0.0", "train.epochs=8", "data.epoch_len=16", "optim.lr.ast=3.0e-3"])
+    results = train(world["features"], "ast", root / "kd-shifted", preset="smoke", logits=str(shifted),
+                    progress=False, overrides=[*FAST, *steady, "kd.lam=0.0", "train.epochs=8", "data.epoch_len=16",
+                                               "optim.lr.ast=3.0e-3"])
     rows = load_metrics(root / "kd-shifted")
     agreement = [r["teacher_agreement"] for r in rows]
     assert agreement[-1] > agreement[0] and agreement[-1] >= 0.9, agreement
-    assert rows[-1]["test_accuracy"] <= 0.1, rows[-1]
+    assert results["last"]["accuracy"] <= 0.1, results["last"]
 
 
 # ---------------------------------------------------------------- kd-sweep
@@ -322,7 +323,9 @@ def test_kd_sweep_selects_on_validation_and_resumes(world):
         kd = yaml.safe_load((run / "config.yaml").read_text())["kd"]
         assert (kd["tau"], kd["lam"]) == (point["tau"], point["lam"])
         row = load_metrics(run)[point["best_epoch"] - 1]
-        assert point["val"] == row["val_accuracy"] and point["test"] == row["test_accuracy"]
+        best = json.loads((run / "results.json").read_text())["best"]  # test scored from best.pt
+        assert point["val"] == row["val_accuracy"] and (point["best_epoch"], point["test"]) == \
+            (best["epoch"], best["accuracy"])
     best = max(summary["points"], key=lambda p: p["val"])
     assert summary["best"] == best
     table = (out / "sweep.md").read_text()

@@ -226,6 +226,24 @@ def test_checkpoints_reproduce_the_reported_metrics(trained, data, arch):
     np.testing.assert_allclose(checkpoint_scores(out / "final.pt", store, rows), saved, atol=1e-5)
 
 
+def test_without_the_ensemble_the_test_split_is_scored_only_at_the_end(data, tmp_path):
+    out = tmp_path / "no-ensemble"
+    results = train(data["store"], "ast", out, preset="smoke", progress=False,
+                    overrides=[*LEARN, "average.ensemble=false", "data.val=train"])  # validation apart from test
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all("val_accuracy" in row and not any(k.startswith("test_") for k in row) for row in rows)
+    assert "ensemble" not in results
+    assert results["best"]["epoch"] == 1 + int(np.argmax([row["val_accuracy"] for row in rows]))
+    for checkpoint, reported in (("best.pt", "best"), ("final.pt", "wa")):  # scored from the saved models
+        metrics = evaluate_checkpoint(out / checkpoint, data["store"], "eval", device="cpu")
+        assert metrics["accuracy"] == results[reported]["accuracy"], checkpoint
+    store = FeatureStore(data["store"])
+    eval_rows = store.select("eval")
+    last = state_dict(out / "checkpoints" / "last.pt", "model")
+    assert accuracy(checkpoint_scores(out / "final.pt", store, eval_rows, last), store.targets[eval_rows]) == \
+        results["last"]["accuracy"]
+
+
 def test_a_checkpoint_is_refused_on_a_store_with_other_features(trained, data):
     out, _ = trained("ast")
     with pytest.raises(ValueError, match=r"different features: target_frames: 64 != 48"):

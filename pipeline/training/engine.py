@@ -91,8 +91,9 @@ class Splits:
 
 @dataclass
 class FitOutcome:
-    """What the loop hands the train stage: the last epoch's test metrics (None when a resumed run had
-    already finished), the best validation epoch, the checkpoint ensemble's test scores and the running
+    """What the loop hands the train stage: the last epoch's test metrics (None when the test split was not
+    scored every epoch, or a resumed run had already finished), the best validation epoch (its test
+    metrics under "test" when they were computed), the checkpoint ensemble's test scores and the running
     weight average of the WA epochs."""
 
     last: dict[str, Any] | None
@@ -243,30 +244,40 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- fit
     def fit(self, resume: bool = False, logger: RunLogger | None = None) -> FitOutcome:
-        """Train the remaining epochs (from checkpoints/last.pt when `resume` and it exists)."""
+        """Train the remaining epochs (from checkpoints/last.pt when `resume` and it exists).
+
+        Every epoch is scored on the validation split (best epoch, learning curves, agreement with the
+        teacher). The test split is scored every epoch only when the checkpoint ensemble needs it (or
+        it is the validation split); otherwise only the final models are scored on it, by the caller."""
         cfg = self.config
         position = self.load_state() if resume and self.state_path().is_file() else 0
         same_split = cfg["data"]["val"] == cfg["data"]["test"]
+        ensemble = bool(cfg["average"].get("ensemble", True))
         wa_start, wa_end = wa_range(cfg)
         test_metrics = None
         while self.epoch < self.epochs:
             row = {"epoch": self.epoch + 1, **self.train_epoch(position)}
             position = 0
-            test_metrics, test_scores = self.evaluate(self.splits.test)
-            val_metrics = test_metrics if same_split else self.evaluate(self.splits.val)[0]
-            if cfg["average"].get("ensemble", True):
-                self.ensemble.add(test_scores)
+            val_metrics, val_scores = self.evaluate(self.splits.val)
+            test_metrics = None
+            if same_split:
+                test_metrics = val_metrics
+            elif ensemble:
+                test_metrics, test_scores = self.evaluate(self.splits.test)
+            if ensemble:
+                self.ensemble.add(val_scores if same_split else test_scores)
             row.update({f"val_{k}": v for k, v in _scalars(val_metrics).items()})
-            row.update({f"test_{k}": v for k, v in _scalars(test_metrics).items()})
-            teacher_scores = self.teacher.test_probabilities(self.splits.test)
+            if test_metrics is not None:
+                row.update({f"test_{k}": v for k, v in _scalars(test_metrics).items()})
+            teacher_scores = self.teacher.probabilities(self.splits.val)
             if teacher_scores is not None:
-                row["teacher_agreement"] = top1_agreement(_taught(test_scores, self.teacher.kd_classes),
+                row["teacher_agreement"] = top1_agreement(_taught(val_scores, self.teacher.kd_classes),
                                                           teacher_scores)
             value = val_metrics[self.metric]
             self.epoch += 1
             if value is not None and value > self.best["value"]:
                 self.best = {"value": value, "epoch": self.epoch, "test": test_metrics}
-                self.save_model(self.out / "best.pt")
+                self.save_model(self.best_path())
             if wa_start <= self.epoch <= wa_end:
                 self.weight_average.add(self.core.state_dict())
             self.save_state()
@@ -274,6 +285,9 @@ class Trainer:
                 logger.log(row)
             barrier(self.dist)
         return FitOutcome(test_metrics, self.best, self.ensemble, self.weight_average)
+
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
 
 
 def wa_range(config: dict[str, Any]) -> tuple[int, int]:

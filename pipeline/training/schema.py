@@ -96,7 +96,7 @@ class AverageSection:
 
     wa_start_epoch: int | None = None  # first epoch averaged (null with wa_end_epoch: no averaging)
     wa_end_epoch: int | None = None  # last epoch averaged, inclusive
-    ensemble: bool = True  # report the cumulative ensemble of every epoch's test predictions
+    ensemble: bool = True  # report the cumulative ensemble of every epoch's test predictions (scores test every epoch)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ and the teacher's probabilities for that input (None without a teacher):
                  usual and get the same mixup of the clean teacher probabilities.
   OnlineTeacher  mixup + SpecAugment, then the frozen teacher's forward on the same augmented input.
 
-`test_probabilities(rows)` gives the teacher's (τ = 1) class probabilities on test rows, for the
-agreement metric and test_predictions.npz; the online teacher computes them on first use.
+`probabilities(rows)` gives the teacher's (τ = 1) class probabilities on store rows (the validation
+split for the agreement metric, the test split for test_predictions.npz); the online teacher scores a
+row set on first use and keeps it.
 
 A teacher imported with a label map (an AudioSet teacher on FSD50K) scores only some corpus classes:
 `kd_classes` lists them (corpus indices, in the order of the teacher's columns; None: every class), its KD
@@ -68,7 +69,7 @@ class TeacherSource:
                             torch.from_numpy(batch.valid.astype(np.int64)), self.augment, generator)
         return TrainInputs(out.x.to(self.device, non_blocking=True), out.y.to(self.device), None)
 
-    def test_probabilities(self, rows: np.ndarray) -> np.ndarray | None:
+    def probabilities(self, rows: np.ndarray) -> np.ndarray | None:
         return None
 
 
@@ -134,7 +135,7 @@ class CachedTeacher(TeacherSource):
             y[torch.from_numpy(has)] = weight * y[torch.from_numpy(has)] + (1 - weight) * partner_y
         return y
 
-    def test_probabilities(self, rows: np.ndarray) -> np.ndarray:
+    def probabilities(self, rows: np.ndarray) -> np.ndarray:
         return probabilities(self.logits.rows(rows)[:, 0], self.store.multilabel)
 
 
@@ -157,7 +158,7 @@ class OnlineTeacher(TeacherSource):
         self.teacher_probs = teacher_probs
         self.dist, self.batch_size, self.amp = dist, batch_size, amp
         self.info = _with_run({"checkpoint": str(checkpoint), "model_config": meta["model_config"]})
-        self._test: tuple[np.ndarray, np.ndarray] | None = None
+        self._scored: dict[bytes, np.ndarray] = {}  # teacher probabilities per row set (validation, test)
 
     def inputs(self, batch: Batch, generator: torch.Generator) -> TrainInputs:
         plain = super().inputs(batch, generator)
@@ -166,15 +167,16 @@ class OnlineTeacher(TeacherSource):
             logits = logits[:, self.columns]
         return TrainInputs(plain.x, plain.y, self.teacher_probs(logits))
 
-    def test_probabilities(self, rows: np.ndarray) -> np.ndarray:
-        """Scored on first use (all ranks together under DDP), then kept."""
-        if self._test is None or not np.array_equal(self._test[0], rows):
+    def probabilities(self, rows: np.ndarray) -> np.ndarray:
+        """Scored on first use (all ranks together under DDP), then kept per row set."""
+        key = np.asarray(rows, dtype=np.int64).tobytes()
+        if key not in self._scored:
             scores = predict_rows(self.model, self.store, rows, self.dist, norm=self.norm,
                                   batch_size=self.batch_size, amp=self.amp)
             if self.columns is not None:
                 scores = scores[:, self.columns.cpu().numpy()]
-            self._test = (np.array(rows), scores)
-        return self._test[1]
+            self._scored[key] = scores
+        return self._scored[key]
 
 
 def teacher_source(store: FeatureStore, augment: dict[str, Any], dist: DistInfo, *, logits: Path | None,
