@@ -543,8 +543,9 @@ def _gpu_run(options: RunOptions) -> bool:
 
 def _run_ready(todo: list[tuple[Stage, str]], run_dir: Path, options: RunOptions, jobs: int, threads: int | None,
                echo: Callable[[str], None]) -> list[tuple[str, str]]:
-    """Start each pending stage once none of its dependencies is pending or running."""
-    pending = list(todo)
+    """Start each pending stage once none of its dependencies is pending or running, in `start_order`."""
+    priority = start_order([stage for stage, _ in todo])
+    pending = sorted(todo, key=lambda item: priority[item[0].name])
     running: dict[Future, tuple[Stage, str]] = {}
     ran: list[tuple[str, str]] = []
     failures: list[StageFailed] = []
@@ -573,6 +574,24 @@ def _run_ready(todo: list[tuple[Stage, str]], run_dir: Path, options: RunOptions
     if failures:
         raise failures[0]
     return ran
+
+
+def start_order(stages: list[Stage]) -> dict[str, tuple[float, ...]]:
+    """Sort key of each stage among those ready at once: first the stages more others wait for (teachers
+    before their logits and students), then the longest (a training's epochs, doubled for an online
+    student that also runs its teacher), then plan order; so the run ends on short stages, not a long one
+    with the other cores idle."""
+    dependents: dict[str, set[str]] = {stage.name: set() for stage in stages}
+    for stage in reversed(stages):  # plan order lists a stage after its dependencies
+        for dep in stage.deps:
+            if dep in dependents:
+                dependents[dep] |= {stage.name} | dependents[stage.name]
+
+    def cost(stage: Stage) -> float:
+        epochs = ((stage.params.get("config") or {}).get("train") or {}).get("epochs") or 0
+        return float(epochs) * (2 if stage.labels.get("teaching") == "online" else 1)
+
+    return {stage.name: (-len(dependents[stage.name]), -cost(stage), index) for index, stage in enumerate(stages)}
 
 
 def _live_line(name: str) -> Callable[[str], None] | None:

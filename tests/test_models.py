@@ -16,6 +16,7 @@ from cmkd_pipe.pipeline.models import (
     save_checkpoint,
 )
 from cmkd_pipe.pipeline.models.cnn import AttentionPoolingHead
+from cmkd_pipe.pipeline.models.factory import preferred_memory_format
 
 TINY_AST = {"arch": "ast", "size": "custom", "embed_dim": 32, "depth": 1, "num_heads": 4}
 
@@ -93,6 +94,16 @@ def test_channels_last_gives_the_same_logits():
         ref = model(x)
         model = model.to(memory_format=torch.channels_last)
         assert torch.allclose(model(x), ref, atol=1e-5)
+
+
+def test_preferred_memory_format_is_channels_last_for_cnns_only():
+    cnn = preferred_memory_format(build_model({"arch": "timm:test_efficientnet"}, 3, 64, 64))
+    kernels = [p for p in cnn.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+    assert not all(p.is_contiguous() for p in kernels)  # (1x1 and depthwise kernels are both)
+    ast = build_model(TINY_AST, 3, 64, 64)
+    patch = next(p for p in ast.parameters() if p.dim() == 4)
+    assert preferred_memory_format(ast) is ast and patch.is_contiguous()
 
 
 def test_attention_pooling_is_psla_form_with_linear_branch():

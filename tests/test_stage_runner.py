@@ -19,8 +19,8 @@ from cmkd_pipe.cli import stage_runner
 from cmkd_pipe.cli.app import app
 from cmkd_pipe.pipeline.training.presets import resolve_config, select_family
 from cmkd_pipe.pipeline.records import write_record
-from cmkd_pipe.stages.graph import (RUNTIME_TRAIN_KEYS, RunOptions, evidence, input_fingerprints, plan, state,
-                          write_config_file)
+from cmkd_pipe.stages.graph import (RUNTIME_TRAIN_KEYS, RunOptions, evidence, input_fingerprints, plan, start_order,
+                                    state, write_config_file)
 
 UNUSUAL = ["augment.mixup_alpha=3.5", "augment.mixup_mode=logmel", "augment.mixup_rate=0.25",
            "augment.freq_mask=7", "augment.time_mask=11", "kd.views=3", "train.seed=7",
@@ -325,3 +325,18 @@ def test_the_multi_label_demo_is_scored_by_map_and_compares_kd_forms(tmp_path):
     # the plain cross-model student trains with the default form; only the other forms get their own stage
     assert stages_["fold-1/student-cnn-from-ast"].params["config"]["kd"]["form"] == "sigmoid-kl"
     assert forms == {f"fold-1/student-cnn-from-ast-{form}": form for form in ("softmax-kl", "bce")}
+
+
+def test_ready_stages_start_teachers_first_then_the_longest(tmp_path):
+    stages_ = plan(RunOptions("demo", tmp_path / "run", tmp_path / "data"))
+    priority = start_order(stages_)
+    order = [s.name for s in sorted(stages_, key=lambda s: priority[s.name])]
+    position = {name: i for i, name in enumerate(order)}
+    kinds = {s.name: s.kind for s in stages_}
+    teachers = [n for n in order if kinds[n] == "train"]
+    students = [n for n in order if kinds[n] == "train-student"]
+    assert max(position[n] for n in teachers) < min(position[n] for n in students)
+    assert order[:2] == ["manifest", "features"] and order[-1] == "report"
+    # among the students: online ones (their teacher runs too) first, the 20-epoch CNN students last
+    assert all(n.endswith("-online") for n in students[:3])
+    assert all("/student-cnn-" in n for n in students[-6:])

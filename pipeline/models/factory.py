@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
 from torch import nn
 
 from cmkd_pipe.pipeline.config import typed_from_dict
-from cmkd_pipe.pipeline.models.registry import family_of_arch
+from cmkd_pipe.pipeline.models.registry import family_of_arch, family_of_model
 
 
 def default_model_config(arch: str) -> dict[str, Any]:
@@ -36,6 +37,12 @@ def build_model(config: dict[str, Any], n_classes: int, n_mels: int, n_frames: i
     if unknown:
         raise ValueError(f"model config: unknown option(s) {unknown} for arch {config['arch']!r}; known: {known}")
     return family.build(typed_from_dict(family.config, config, "model config"), n_classes, n_mels, n_frames)
+
+
+def preferred_memory_format(model: nn.Module) -> nn.Module:
+    """`model` in channels_last memory when its family prefers it (convolutions: faster on CUDA, and on
+    the CPU 1.25-1.4x for the demo CNN's train and eval steps, measured), else unchanged."""
+    return model.to(memory_format=torch.channels_last) if family_of_model(model).channels_last else model
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

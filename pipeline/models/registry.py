@@ -43,7 +43,7 @@ class ModelFamily:
     weight_formats: tuple[str, ...] = ()  # pipeline.models.weights formats it imports; "native" always
     archs: tuple[str, ...] = ()  # fnmatch patterns of the arch names it owns
     imagenet_format: str | None = None  # weights format of its timm ImageNet weights (None: none)
-    channels_last: bool = False  # prefers channels_last memory on CUDA (convolutions)
+    channels_last: bool = False  # prefers channels_last memory (convolutions)
 
     def owns(self, arch: Any) -> bool:
         return isinstance(arch, str) and any(fnmatch.fnmatchcase(arch, pattern) for pattern in self.archs)

@@ -71,7 +71,7 @@ class TrainSection:
     epochs: int = 10  # epochs, counted from 1
     amp: bool = False  # bf16 autocast on CUDA
     compile: bool = False  # torch.compile the model
-    channels_last: bool = False  # channels_last memory on CUDA for families that prefer it
+    channels_last: bool = False  # channels_last memory for families that prefer it (CNNs; also on CPU)
     seed: int = 0  # seed of the model, sampler and augmentation
     deterministic: bool = False  # torch deterministic algorithms (slower)
     checkpoint_every_steps: int | None = None  # also save the resume state every N steps (null: epoch ends)

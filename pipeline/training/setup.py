@@ -14,7 +14,7 @@ from torch import nn
 
 from cmkd_pipe.pipeline.config import PUBLISHED_STATS, Normalization
 from cmkd_pipe.pipeline.losses import CMKDLoss
-from cmkd_pipe.pipeline.models.factory import build_model
+from cmkd_pipe.pipeline.models.factory import build_model, preferred_memory_format
 from cmkd_pipe.pipeline.models.weights import load_imagenet_from_hub, load_weights
 from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 from cmkd_pipe.pipeline.training.distributed import DistInfo
@@ -41,8 +41,8 @@ def build_trainer(request: TrainRequest, dist: DistInfo) -> Trainer:
     norm = normalization(config["norm"], store)
     arch = model_arch(request.arch, config["model"][family])
     core = build_network(arch, config["model"][family], store, request).to(dist.device)
-    if config["train"].get("channels_last") and dist.device.type == "cuda" and family_of_arch(arch).channels_last:
-        core = core.to(memory_format=torch.channels_last)
+    if config["train"].get("channels_last"):
+        core = preferred_memory_format(core)
     model: nn.Module = core
     if dist.enabled:
         model = nn.parallel.DistributedDataParallel(core, device_ids=[dist.device.index]
@@ -66,7 +66,7 @@ def build_trainer(request: TrainRequest, dist: DistInfo) -> Trainer:
     amp = bool(config["train"].get("amp")) and dist.device.type == "cuda"
     teacher = teacher_source(store, config["augment"], dist, logits=request.teacher_logits,
                              checkpoint=request.teacher_checkpoint, teacher_probs=loss.teacher_probs,
-                             batch_size=batch_size, amp=amp)
+                             batch_size=batch_size, amp=amp, channels_last=bool(config["train"].get("channels_last")))
     if teacher.kd_classes is not None:  # a teacher scoring some classes: distil only those
         loss.kd_classes = tuple(int(c) for c in teacher.kd_classes)
     meta = {"feature_config": store.feature_config.to_dict(), "normalization": norm.to_dict(),

@@ -34,6 +34,7 @@ from cmkd_pipe.pipeline.augment import ViewSpec, augment_batch, mask_fill_value
 from cmkd_pipe.pipeline.config import Normalization
 from cmkd_pipe.pipeline.features import normalize
 from cmkd_pipe.pipeline.models.checkpoint import check_compatible, load_checkpoint
+from cmkd_pipe.pipeline.models.factory import preferred_memory_format
 from cmkd_pipe.pipeline.predict import model_logits, probabilities
 from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
 from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
@@ -145,9 +146,11 @@ class OnlineTeacher(TeacherSource):
     role = "student"
 
     def __init__(self, store: FeatureStore, augment: dict[str, Any], dist: DistInfo, checkpoint: Path,
-                 teacher_probs: TeacherProbs, *, batch_size: int, amp: bool) -> None:
+                 teacher_probs: TeacherProbs, *, batch_size: int, amp: bool, channels_last: bool = False) -> None:
         super().__init__(store, augment, dist.device)
         model, meta = load_checkpoint(checkpoint, map_location=dist.device)
+        if channels_last:  # the student's train.channels_last, for a like-for-like online reference
+            model = preferred_memory_format(model)
         label_map = check_compatible(meta, store.feature_config.to_dict(), store.vocabulary)
         self.columns: torch.Tensor | None = None  # the teacher outputs of `kd_classes` (a label map's), None: all
         if label_map is not None:
@@ -181,14 +184,15 @@ class OnlineTeacher(TeacherSource):
 
 def teacher_source(store: FeatureStore, augment: dict[str, Any], dist: DistInfo, *, logits: Path | None,
                    checkpoint: Path | None, teacher_probs: TeacherProbs, batch_size: int,
-                   amp: bool) -> TeacherSource:
+                   amp: bool, channels_last: bool = False) -> TeacherSource:
     """The source a run asks for: --logits (cached), --teacher (online), or neither."""
     if logits and checkpoint:
         raise ValueError("give either --logits (cached teacher) or --teacher (online teacher), not both")
     if logits:
         return CachedTeacher(store, augment, dist.device, Path(logits), teacher_probs)
     if checkpoint:
-        return OnlineTeacher(store, augment, dist, Path(checkpoint), teacher_probs, batch_size=batch_size, amp=amp)
+        return OnlineTeacher(store, augment, dist, Path(checkpoint), teacher_probs, batch_size=batch_size, amp=amp,
+                             channels_last=channels_last)
     return NoTeacher(store, augment, dist.device)
 
 
