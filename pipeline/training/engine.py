@@ -246,34 +246,36 @@ class Trainer:
     def fit(self, resume: bool = False, logger: RunLogger | None = None) -> FitOutcome:
         """Train the remaining epochs (from checkpoints/last.pt when `resume` and it exists).
 
-        Every epoch is scored on the validation split (best epoch, learning curves, agreement with the
-        teacher). The test split is scored every epoch only when the checkpoint ensemble needs it (or
-        it is the validation split); otherwise only the final models are scored on it, by the caller."""
+        The validation split is scored every `eval.every_epochs` epochs and after the last (best epoch,
+        learning curves, agreement with the teacher). The test split is scored every epoch only when the
+        checkpoint ensemble needs it; otherwise only the final models are scored on it, by the caller."""
         cfg = self.config
         position = self.load_state() if resume and self.state_path().is_file() else 0
         same_split = cfg["data"]["val"] == cfg["data"]["test"]
         ensemble = bool(cfg["average"].get("ensemble", True))
+        every = int(cfg["eval"].get("every_epochs") or 1)
         wa_start, wa_end = wa_range(cfg)
         test_metrics = None
         while self.epoch < self.epochs:
             row = {"epoch": self.epoch + 1, **self.train_epoch(position)}
             position = 0
-            val_metrics, val_scores = self.evaluate(self.splits.val)
+            validate = (self.epoch + 1) % every == 0 or self.epoch + 1 == self.epochs or (same_split and ensemble)
+            val_metrics, val_scores = self.evaluate(self.splits.val) if validate else ({}, None)
             test_metrics = None
-            if same_split:
-                test_metrics = val_metrics
+            if same_split and validate:
+                test_metrics, test_scores = val_metrics, val_scores
             elif ensemble:
                 test_metrics, test_scores = self.evaluate(self.splits.test)
             if ensemble:
-                self.ensemble.add(val_scores if same_split else test_scores)
+                self.ensemble.add(test_scores)
             row.update({f"val_{k}": v for k, v in _scalars(val_metrics).items()})
             if test_metrics is not None:
                 row.update({f"test_{k}": v for k, v in _scalars(test_metrics).items()})
-            teacher_scores = self.teacher.probabilities(self.splits.val)
+            teacher_scores = self.teacher.probabilities(self.splits.val) if validate else None
             if teacher_scores is not None:
                 row["teacher_agreement"] = top1_agreement(_taught(val_scores, self.teacher.kd_classes),
                                                           teacher_scores)
-            value = val_metrics[self.metric]
+            value = val_metrics.get(self.metric)
             self.epoch += 1
             if value is not None and value > self.best["value"]:
                 self.best = {"value": value, "epoch": self.epoch, "test": test_metrics}

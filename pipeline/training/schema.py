@@ -115,6 +115,7 @@ class EvalSection:
     """Model selection and reporting."""
 
     metric: str = "accuracy"  # accuracy | mAP
+    every_epochs: int = 1  # score the validation split every N epochs (and after the last); best epoch among them
 
 
 SECTIONS: dict[str, type | None] = {
