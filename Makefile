@@ -31,14 +31,22 @@ PLAN_ARGS = --dataset $(DATASET) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --r
 TEACHER_ARGS = $(foreach t,$(TEACHER),--teacher '$(t)') $(if $(TEACHER_LABELS),--teacher-labels $(TEACHER_LABELS)) \
 	$(if $(ALLOW_UNMAPPED),--allow-unmapped)
 
-.PHONY: install test test-all demo bench gpu-check cmkd manifest features train import-teacher teacher-logits train-student \
+.PHONY: install install-test test test-all demo bench gpu-check cmkd manifest features train import-teacher teacher-logits train-student \
 	report status plan
 
+# install: what the pipeline needs (make demo and the stage targets); install-test adds the test-only
+# packages (pytest and the oracles: scikit-learn, transformers, onnx, ...) for make test / test-all.
 install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
@@ -47,10 +55,10 @@ $(VENV)/.installed: pyproject.toml
 # processes at once: one torch thread per process (unless OMP_NUM_THREADS says otherwise) is the fastest.
 TEST_ENV = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=$${MKL_NUM_THREADS:-1}
 
-test: install
+test: install-test
 	$(TEST_ENV) $(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-all: install
+test-all: install-test
 	$(TEST_ENV) $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 # The main job on the built-in demo corpus (DATASET=demo-multilabel for the multi-label variant): data,
@@ -80,7 +88,7 @@ status: install
 # Every benchmark (benchmarks/results.py), variants alternated, into benchmarks/RESULTS.md: one table of
 # before/after ratios with the machine's load. About 20 min on 2 cores; QUICK=1 runs the tiny smoke versions.
 QUICK ?=
-bench: install
+bench: install-test
 	$(VENV)/bin/python -m benchmarks.results --out benchmarks/RESULTS.md $(if $(QUICK),--quick)
 
 # The prepared GPU check (benchmarks/gpu.py): one JSON of teacher-inference and student-step numbers on the
