@@ -48,7 +48,8 @@ KINDS = ("manifest", "features", "import-teacher", "train", "teacher-logits", "t
 CHUNKED = ("features", "teacher-logits")  # the stages that run chunk tasks on Dask
 SCHEDULER_VARIABLE = "CMKD_PIPE_SCHEDULER"  # a shared cluster's address for the stage processes of one run
 # Training settings that cannot change a result: never part of a stage's identity.
-RUNTIME_TRAIN_KEYS = (("train", "compile"), ("train", "checkpoint_every_steps"))
+RUNTIME_TRAIN_KEYS = (("train", "compile"), ("train", "checkpoint_every_steps"), ("data", "loader_workers"),
+                      ("data", "prefetch"))
 
 
 @dataclass
