@@ -120,6 +120,12 @@ class EvalSection:
     metric: str = "accuracy"  # accuracy | mAP
 
 
+# Settings that cannot change a result (how fast, how often a state is saved): left out of a stage's identity
+# (stages/graph.py) and of the config a resumed run must match.
+RUNTIME_KEYS = (("train", "compile"), ("train", "checkpoint_every_steps"), ("data", "loader_workers"),
+                ("data", "prefetch"))
+
+
 SECTIONS: dict[str, type | None] = {
     "features": FeaturesSection, "data": DataSection, "norm": NormSection, "model": None,
     "optim": OptimSection, "schedule": ScheduleSection, "train": TrainSection, "augment": AugmentSection,

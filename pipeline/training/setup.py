@@ -24,6 +24,7 @@ from cmkd_pipe.pipeline.training.engine import Splits, Trainer, TrainRequest, mo
 from cmkd_pipe.pipeline.training.presets import select_family
 from cmkd_pipe.pipeline.training.sampler import ChunkAwareSampler
 from cmkd_pipe.pipeline.training.schedule import build_scheduler
+from cmkd_pipe.pipeline.training.schema import RUNTIME_KEYS
 from cmkd_pipe.pipeline.training.teachers import teacher_source
 
 
@@ -78,8 +79,15 @@ def build_trainer(request: TrainRequest, dist: DistInfo) -> Trainer:
     return Trainer(config=config, store=store, splits=splits, core=core, model=model, optimizer=optimizer,
                    scheduler=scheduler, sampler=sampler, loss=loss, teacher=teacher, norm=norm, dist=dist,
                    out=request.out_dir, checkpoint_meta=meta,
-                   identity={"arch": request.arch, "config": request.config}, progress=request.progress,
+                   identity={"arch": request.arch, "config": without_runtime(request.config)}, progress=request.progress,
                    cache=cache)
+
+
+def without_runtime(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` without the data-loader settings (schema.RUNTIME_KEYS of the data section): a run may resume
+    with other loader workers. (The train-section keys stay: states written before this kept them.)"""
+    data = {key: value for key, value in config.get("data", {}).items() if ("data", key) not in RUNTIME_KEYS}
+    return {**config, "data": data}
 
 
 def check_feature_settings(config: dict[str, Any], store: FeatureStore) -> None:
