@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("features", "checkpoint", "teacher_logits", "kd", "ast_forward")  # python -m benchmarks.NAME
+BENCHMARKS = ("features", "checkpoint", "teacher_logits", "kd", "loader", "ast_forward")  # python -m benchmarks.NAME
 # Arguments of the full run beyond each benchmark's defaults (the paper pair at 128x512 and 128x1024):
 # the teacher-logits stage runs AST base384 on 10-s clips only, where one pass over 12 clips takes ~30 s.
 FULL_ARGS = {"teacher_logits": ["--shapes", "128x1024"]}

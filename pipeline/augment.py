@@ -48,13 +48,32 @@ def _uniform(n: int, generator: torch.Generator | None, device: torch.device) ->
     return torch.rand(n, generator=generator, device=where, dtype=torch.float64).to(device)
 
 
-def _mask_band(size: int, max_width: int, u_width: torch.Tensor, u_start: torch.Tensor) -> torch.Tensor:
-    """[B, size] bool band per sample, torchaudio's rule: v = u·W, start = ⌊u'·(size − v)⌋, width = ⌊v⌋."""
+def _band_bounds(size: int, max_width: int, u_width: torch.Tensor, u_start: torch.Tensor) -> torch.Tensor:
+    """[B, 2] (start, end) of one mask band per sample, torchaudio's rule: v = u·W, start = ⌊u'·(size − v)⌋,
+    width = ⌊v⌋."""
     value = u_width * min(max_width, size)
     start = (u_start * (size - value)).long()
-    end = start + value.long()
-    index = torch.arange(size, device=u_width.device)
-    return (index >= start[:, None]) & (index < end[:, None])
+    return torch.stack([start, start + value.long()], dim=1)
+
+
+def _draw_bands(batch: int, frames: int, bins: int, freq_mask: int, time_mask: int,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """[B, 4] (time start, time end, freq start, freq end) of one time and one frequency mask per sample,
+    from 4·B uniforms of `generator` (the draws of `spec_augment`)."""
+    if freq_mask < 0 or time_mask < 0:
+        raise ValueError(f"spec_augment: mask widths must be >= 0, got freq {freq_mask}, time {time_mask}")
+    u = _uniform(4 * batch, generator, torch.device("cpu")).view(4, batch)
+    return torch.cat([_band_bounds(frames, time_mask, u[0], u[1]), _band_bounds(bins, freq_mask, u[2], u[3])], 1)
+
+
+def _mask(x: torch.Tensor, bands: torch.Tensor, mask_value: float) -> torch.Tensor:
+    """x [B, T, F] with each row's time band bands[:, 0:2] and frequency band bands[:, 2:4] set to mask_value."""
+    bounds = bands.to(x.device)
+    index_t = torch.arange(x.shape[1], device=x.device)
+    index_f = torch.arange(x.shape[2], device=x.device)
+    time_band = (index_t >= bounds[:, 0:1]) & (index_t < bounds[:, 1:2])
+    freq_band = (index_f >= bounds[:, 2:3]) & (index_f < bounds[:, 3:4])
+    return x.masked_fill(time_band[:, :, None] | freq_band[:, None, :], mask_value)
 
 
 def roll_time(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -88,13 +107,7 @@ def spec_augment(
     """
     if x.dim() != 3:
         raise ValueError(f"spec_augment: expected x of shape [batch, frames, bins], got {tuple(x.shape)}")
-    if freq_mask < 0 or time_mask < 0:
-        raise ValueError(f"spec_augment: mask widths must be >= 0, got freq {freq_mask}, time {time_mask}")
-    batch, frames, bins = x.shape
-    u = _uniform(4 * batch, generator, x.device).view(4, batch)
-    time_band = _mask_band(frames, time_mask, u[0], u[1])
-    freq_band = _mask_band(bins, freq_mask, u[2], u[3])
-    return x.masked_fill(time_band[:, :, None] | freq_band[:, None, :], mask_value)
+    return _mask(x, _draw_bands(*x.shape, freq_mask, time_mask, generator), mask_value)
 
 
 def mixup_pairs(
@@ -165,6 +178,68 @@ def mix_targets(y: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How each row of a batch is built from raw log-mel rows (CPU tensors, one entry per row): mixed with a
+    partner row by λ (the row itself or λ = 1: unmixed), one time and one frequency mask band, then a
+    circular time shift. Drawn on the CPU (`draw_batch`, `ViewTable.recipe`); `apply_recipe` does the
+    arithmetic wherever the rows are (a DataLoader worker draws, the device applies)."""
+
+    partner: torch.Tensor  # [B] int64: index of the partner among the source rows given to apply_recipe
+    lam: torch.Tensor  # [B] float64 mixing weight of the row itself (1: unmixed)
+    bands: torch.Tensor  # [B, 4] int64: time start, time end, frequency start, frequency end (start = end: none)
+    shift: torch.Tensor  # [B] int64 circular time shift in frames, applied last
+
+    def __len__(self) -> int:
+        return len(self.lam)
+
+
+def apply_recipe(source: torch.Tensor, recipe: Recipe, mode: str = "power", mask_value: float = 0.0,
+                 valid_frames: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows 0..B−1 of `source` [N ≥ B, T, F] (raw log-mel of any float dtype, on any device) built by
+    `recipe`: row i mixed with source[partner[i]] (only rows with λ < 1 are computed; λ = 1 leaves a row
+    as it is), masked with `mask_value`, shifted. `valid_frames` [N] (optional) makes the mix padding-aware.
+    Returns [B, T, F] in float32 or wider; each row depends only on its own inputs (any batching gives
+    the same bits)."""
+    if source.dim() != 3 or len(source) < len(recipe):
+        raise ValueError(f"apply_recipe: source {tuple(source.shape)} must be [rows >= {len(recipe)}, frames, bins]")
+    n = len(recipe)
+    x = source[:n].to(torch.promote_types(source.dtype, torch.float32), copy=True)
+    mixing = (recipe.lam < 1).nonzero().flatten()
+    if len(mixing):
+        own, other = mixing.to(source.device), recipe.partner[mixing].to(source.device)
+        valid = None if valid_frames is None else valid_frames.to(source.device)
+        x[own] = _mix(source[own], source[other], recipe.lam[mixing], mode,
+                      None if valid is None else valid[own], None if valid is None else valid[other])
+    x = _mask(x, recipe.bands, mask_value)
+    return roll_time(x, recipe.shift) if recipe.shift.any() else x
+
+
+@dataclass(frozen=True)
+class BatchDraws:
+    """A step's augmentation draws: the recipe of every row (partners within the batch) and the mixup
+    pairs and λ that also mix the targets."""
+
+    recipe: Recipe
+    perm: torch.Tensor  # mixup partner of each row [B]
+    lam: torch.Tensor  # mixup weight of each row [B] float32 (1: unmixed)
+
+
+def draw_batch(batch: int, frames: int, bins: int, settings: dict[str, Any], generator: torch.Generator,
+               keep: torch.Tensor | None = None) -> BatchDraws:
+    """The draws of one step's mixup and SpecAugment (and time shift), in this order, from `generator`.
+
+    `settings` is the config's `augment` section (mixup_rate, mixup_alpha, freq_mask, time_mask,
+    time_shift); `keep` [B] bool marks rows left unmixed (λ = 1), e.g. rows a teacher view replaces."""
+    perm, lam = mixup_pairs(batch, float(settings["mixup_rate"]), float(settings["mixup_alpha"]), generator)
+    if keep is not None:
+        lam = torch.where(keep, torch.ones_like(lam), lam)
+    bands = _draw_bands(batch, frames, bins, int(settings["freq_mask"]), int(settings["time_mask"]), generator)
+    max_shift = int(settings.get("time_shift", 0))
+    shift = draw_shifts(batch, max_shift, generator) if max_shift > 0 else torch.zeros(batch, dtype=torch.long)
+    return BatchDraws(Recipe(perm, lam.double(), bands, shift.long()), perm, lam)
+
+
+@dataclass(frozen=True)
 class AugmentedBatch:
     x: torch.Tensor  # raw log-mel after mixup and SpecAugment [B, T, F]
     y: torch.Tensor  # mixed targets [B, K] (float32)
@@ -174,25 +249,12 @@ class AugmentedBatch:
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, valid_frames: torch.Tensor | None, settings: dict[str, Any],
                   generator: torch.Generator, keep: torch.Tensor | None = None) -> AugmentedBatch:
-    """Mixup, then SpecAugment, of a raw log-mel batch x [B, T, F] with targets y [B, K].
-
-    `settings` is the config's `augment` section (mixup_rate, mixup_alpha, mixup_mode, freq_mask,
-    time_mask, time_shift, and `mask_value`, the raw value of masked cells, default 0); a time shift rolls
-    the result (`roll_time`). Every draw comes from
-    `generator`, in this order: mixup pairs and λ, the masks, then the shifts (only when time_shift > 0);
-    the same generator state gives the same batch. `keep` [B] bool marks rows left unmixed (λ = 1),
-    e.g. rows a teacher view replaces afterwards.
-    """
-    perm, lam = mixup_pairs(len(x), float(settings["mixup_rate"]), float(settings["mixup_alpha"]), generator)
-    if keep is not None:
-        lam = torch.where(keep, torch.ones_like(lam), lam)
-    if lam.lt(1).any():
-        x = mix_features(x, perm, lam, settings["mixup_mode"], valid_frames)
-    mixed = spec_augment(x.float(), int(settings["freq_mask"]), int(settings["time_mask"]), generator,
-                         float(settings.get("mask_value", 0.0)))
-    if int(settings.get("time_shift", 0)) > 0:
-        mixed = roll_time(mixed, draw_shifts(len(x), int(settings["time_shift"]), generator))
-    return AugmentedBatch(mixed, mix_targets(y, perm, lam), perm, lam)
+    """Mixup, then SpecAugment, then the time shift of a raw log-mel batch x [B, T, F] with targets y [B, K]
+    in one call: `draw_batch` (the draws, see there; `mask_value` in `settings` is the raw value of masked
+    cells, default 0), then `apply_recipe`. The same generator state gives the same batch."""
+    draws = draw_batch(len(x), x.shape[1], x.shape[2], settings, generator, keep)
+    out = apply_recipe(x, draws.recipe, settings["mixup_mode"], float(settings.get("mask_value", 0.0)), valid_frames)
+    return AugmentedBatch(out.float(), mix_targets(y, draws.perm, draws.lam), draws.perm, draws.lam)
 
 
 def step_seeds(seed: int, epoch: int, step: int, rank: int) -> tuple[int, int]:
@@ -259,6 +321,39 @@ class ViewParams:
 CLEAN_VIEW = ViewParams(0, 0, 0, 0, None, 1.0)
 
 
+@dataclass(frozen=True)
+class ViewTable:
+    """The view parameters of n (clip, view) pairs as arrays: what the logits store keeps per clip and view,
+    so a student reads them instead of redrawing them (`view_params`). Partners are feature-store rows."""
+
+    bands: np.ndarray  # [n, 5] int32: time start, time width, frequency start, frequency width, shift
+    partner: np.ndarray  # [n] int64 partner row (−1: unmixed)
+    lam: np.ndarray  # [n] float64 weight of the clip itself (1: unmixed)
+
+    @classmethod
+    def from_params(cls, params: Sequence[ViewParams], row_of: dict[str, int]) -> "ViewTable":
+        """The table of `params`, partner clip ids turned into rows by `row_of`."""
+        bands = np.array([[p.time_start, p.time_width, p.freq_start, p.freq_width, p.shift] for p in params],
+                         dtype=np.int32).reshape(len(params), 5)
+        partner = np.array([-1 if p.partner is None else row_of[p.partner] for p in params], dtype=np.int64)
+        return cls(bands, partner, np.array([p.lam for p in params], dtype=np.float64))
+
+    def __len__(self) -> int:
+        return len(self.lam)
+
+    def select(self, index: np.ndarray | slice) -> "ViewTable":
+        """The entries at `index`."""
+        return ViewTable(self.bands[index], self.partner[index], self.lam[index])
+
+    def recipe(self, partner_index: np.ndarray) -> Recipe:
+        """The recipe of these views for rows whose partners sit at `partner_index` [n] of the source rows
+        (a row's own index where it has none)."""
+        b = self.bands.astype(np.int64)
+        bands = np.stack([b[:, 0], b[:, 0] + b[:, 1], b[:, 2], b[:, 2] + b[:, 3]], axis=1)
+        return Recipe(torch.from_numpy(np.asarray(partner_index, dtype=np.int64)), torch.from_numpy(self.lam.copy()),
+                      torch.from_numpy(bands), torch.from_numpy(b[:, 4].copy()))
+
+
 def _view_rng(seed: int, clip_id: str, view: int) -> np.random.Generator:
     key = f"cmkd-pipe/view/1\0{seed}\0{clip_id}\0{view}".encode()
     return np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:16], "little"))
@@ -318,28 +413,26 @@ def apply_views(
     valid_frames / partner_valid_frames [B] (optional) make the mix padding-aware."""
     if x.dim() != 3 or len(params) != x.shape[0]:
         raise ValueError(f"apply_views: x {tuple(x.shape)} must be [batch, frames, bins] with one view per row")
-    lam = torch.tensor([p.lam for p in params], dtype=torch.float64)
+    n = len(params)
     if partner_x is None:
         if any(p.partner is not None for p in params):
             raise ValueError("apply_views: a view mixes with a partner but partner_x is None")
         partner_x = x
     elif partner_x.shape != x.shape:
         raise ValueError(f"apply_views: partner_x {tuple(partner_x.shape)} must match x {tuple(x.shape)}")
-    valid_a = None if valid_frames is None else torch.as_tensor(valid_frames)
-    valid_b = None if partner_valid_frames is None else torch.as_tensor(partner_valid_frames)
-    mixed = _mix(x, partner_x, lam, mode, valid_a, valid_b)
-    frames, bins = x.shape[1:]
-    bounds = torch.tensor(
-        [[p.time_start, p.time_start + p.time_width, p.freq_start, p.freq_start + p.freq_width] for p in params],
-        device=x.device,
-    )
-    index_t = torch.arange(frames, device=x.device)
-    index_f = torch.arange(bins, device=x.device)
-    time_band = (index_t >= bounds[:, 0:1]) & (index_t < bounds[:, 1:2])
-    freq_band = (index_f >= bounds[:, 2:3]) & (index_f < bounds[:, 3:4])
-    masked = mixed.masked_fill(time_band[:, :, None] | freq_band[:, None, :], mask_value)
-    shifts = torch.tensor([p.shift for p in params])
-    return roll_time(masked, shifts) if shifts.any() else masked
+    rows = torch.arange(n)
+    recipe = Recipe(torch.where(torch.tensor([p.partner is not None for p in params], dtype=torch.bool), rows + n, rows),
+                    torch.tensor([p.lam for p in params], dtype=torch.float64),
+                    torch.tensor([[p.time_start, p.time_start + p.time_width, p.freq_start, p.freq_start + p.freq_width]
+                                  for p in params], dtype=torch.long).view(n, 4),
+                    torch.tensor([p.shift for p in params], dtype=torch.long))
+    valid = None
+    if valid_frames is not None or partner_valid_frames is not None:
+        frames = torch.full((n,), x.shape[1], dtype=torch.long)
+        valid = torch.cat([frames if valid_frames is None else torch.as_tensor(valid_frames).long(),
+                           frames if partner_valid_frames is None else torch.as_tensor(partner_valid_frames).long()])
+    dtype = torch.promote_types(x.dtype, partner_x.dtype)
+    return apply_recipe(torch.cat([x.to(dtype), partner_x.to(dtype)]), recipe, mode, mask_value, valid)
 
 
 def apply_view(

@@ -6,7 +6,7 @@ engine, the evaluate stage and the teacher-logits stage all run models through h
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,8 @@ from torch import nn
 
 from cmkd_pipe.pipeline.config import Normalization
 from cmkd_pipe.pipeline.features import normalize
+from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 
 
 def probabilities(logits: torch.Tensor | np.ndarray, multilabel: bool) -> Any:
@@ -46,12 +48,22 @@ def model_logits(model: nn.Module, x: torch.Tensor, amp: bool = True) -> torch.T
         return model(x).float()
 
 
+def row_batches(store: FeatureStore, rows: np.ndarray, batch_size: int,
+                cache: ChunkCache | None = None) -> Iterator[np.ndarray]:
+    """Raw fbank batches [B, T, F] of store `rows` in order, as stored (float16): through `cache` (e.g. a
+    training's resident cache), else `FeatureStore.read` (every chunk decoded once per batch)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    for start in range(0, len(rows), batch_size):
+        part = rows[start:start + batch_size]
+        yield cache.rows(part) if cache is not None else store.read(part)
+
+
 @torch.no_grad()
-def predict_probs(model: nn.Module, batches: Iterable[Any], multilabel: bool, *, norm: Normalization,
+def predict_probs(model: nn.Module, batches: Iterable[np.ndarray], multilabel: bool, *, norm: Normalization,
                   device: torch.device, n_classes: int, amp: bool = True) -> np.ndarray:
-    """Class probabilities [N, K] of `model` (put in eval mode) on raw-fbank batches (objects with `.x`
-    [B, T, F], e.g. pipeline.training.batches.Batch), normalised with `norm`."""
+    """Class probabilities [N, K] of `model` (put in eval mode) on raw-fbank batches [B, T, F] (e.g.
+    `row_batches`), normalised with `norm`."""
     model.eval()
-    scores = [probabilities(model_logits(model, normalize(to_device(batch.x, device), norm), amp),
-                            multilabel).cpu() for batch in batches]
+    scores = [probabilities(model_logits(model, normalize(to_device(x, device), norm), amp), multilabel).cpu()
+              for x in batches]
     return torch.cat(scores).numpy() if scores else np.zeros((0, n_classes), np.float32)

@@ -2,26 +2,35 @@
 
 A view is a pure function of (view seed, clip id, view index) (pipeline.augment.view_params); its
 mixup partner is drawn from the good clips of the clip's own split, in store order. The teacher-logits
-stage and the student both build view inputs here, so the student replays the teacher's input bit for bit.
+stage draws them and stores them with the logits (`ViewTable`); a student reads them from the logits
+store (older stores without them: drawn again here). Both build view inputs with
+`pipeline.augment.apply_recipe`, so the student replays the teacher's input bit for bit.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from cmkd_pipe.pipeline.augment import ViewParams, ViewSpec, apply_views, mask_fill_value, view_params
-from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+from cmkd_pipe.pipeline.augment import ViewParams, ViewSpec, ViewTable, apply_recipe, mask_fill_value, view_params
 from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
+from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
+
+StoredViews = Callable[[np.ndarray, np.ndarray], ViewTable]  # (rows, views) -> the stored table
 
 
 class ViewBuilder:
-    def __init__(self, store: FeatureStore, spec: ViewSpec, cache: ChunkCache, mix_mode: str = "power") -> None:
+    """Views of a feature store's clips: their parameters (stored or drawn) and their inputs."""
+
+    def __init__(self, store: FeatureStore, spec: ViewSpec, cache: ChunkCache, mix_mode: str = "power",
+                 stored: StoredViews | None = None) -> None:
+        """`cache` reads partner rows; `stored` gives the parameters kept in a logits store (None: draw them)."""
         self.store = store
         self.spec = spec
         self.cache = cache
         self.mix_mode = mix_mode
+        self.stored = stored
         self.mask_value = mask_fill_value(spec.mask_fill, store.mean)
         self.row_of = {clip: row for row, clip in enumerate(store.clip_ids)}
         good = store.ok
@@ -30,25 +39,44 @@ class ViewBuilder:
         self.frames, self.bins = store.fbank.shape[1:]
 
     def params(self, row: int, view: int) -> ViewParams:
+        """View `view` of store row `row`, drawn (SHA-256 of seed, clip id, view)."""
         clip = str(self.store.clip_ids[row])
         return view_params(self.spec, clip, view, self.frames, self.bins, self.pools[self.store.splits[row]])
+
+    def draw_table(self, rows: Sequence[int], views: Sequence[int]) -> ViewTable:
+        """The parameters of `views` of `rows`, drawn (what the teacher-logits stage stores)."""
+        return ViewTable.from_params([self.params(int(r), int(v)) for r, v in zip(rows, views)], self.row_of)
+
+    def table(self, rows: Sequence[int], views: Sequence[int]) -> ViewTable:
+        """The parameters of `views` of `rows`: read from the logits store when it keeps them, else drawn."""
+        if self.stored is not None:
+            return self.stored(np.asarray(rows, dtype=np.int64), np.asarray(views, dtype=np.int64))
+        return self.draw_table(rows, views)
+
+    def inputs(self, rows: Sequence[int], x: np.ndarray, table: ViewTable) -> torch.Tensor:
+        """The view inputs [B, T, F] float32 of clips `rows` whose raw fbank is `x` [B, T, F], by `table`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        partners = table.partner[table.partner >= 0]
+        source = torch.from_numpy(np.concatenate([x, self.cache.rows(partners).astype(x.dtype, copy=False)]))
+        valid = self.store.valid_frames[np.concatenate([rows, partners])]
+        out = apply_recipe(source, table.recipe(partner_positions(table.partner, len(rows))), self.mix_mode,
+                           self.mask_value, torch.from_numpy(valid.astype(np.int64)))
+        return out.float()
 
     def build(self, rows: Sequence[int], x: np.ndarray, views: Sequence[int]
               ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """Inputs of `views` for clips `rows` whose raw fbank is `x` [B, T, F].
 
-        Returns (augmented raw log-mel [B, T, F], partner rows [B] (−1: none), λ [B]).
+        Returns (augmented raw log-mel [B, T, F] float32, partner rows [B] (−1: none), λ [B]).
         """
-        params = [self.params(int(r), int(v)) for r, v in zip(rows, views)]
-        partners = np.array([self.row_of[p.partner] if p.partner is not None else -1 for p in params])
-        lam = np.array([p.lam for p in params], dtype=np.float64)
-        valid = self.store.valid_frames[np.asarray(rows)]
-        partner_x = None
-        partner_valid = None
-        if (partners >= 0).any():
-            safe = np.where(partners >= 0, partners, np.asarray(rows))
-            partner_x = torch.from_numpy(self.cache.rows(safe))
-            partner_valid = self.store.valid_frames[safe]
-        out = apply_views(torch.from_numpy(x), partner_x, params, self.mix_mode, self.mask_value,
-                          valid_frames=valid, partner_valid_frames=partner_valid)
-        return out.float(), partners, lam
+        table = self.table(rows, views)
+        return self.inputs(rows, x, table), table.partner, table.lam
+
+
+def partner_positions(partner: np.ndarray, first: int) -> np.ndarray:
+    """Where each row's partner sits among source rows laid out as [the rows..., their partners...]: partners
+    in row order from `first` on; a row without one points at itself."""
+    has = partner >= 0
+    out = np.arange(len(partner), dtype=np.int64)
+    out[has] = first + np.arange(int(has.sum()))
+    return out

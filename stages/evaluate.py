@@ -17,10 +17,9 @@ import torch
 from cmkd_pipe.pipeline.config import Normalization
 from cmkd_pipe.pipeline.metrics import summarize
 from cmkd_pipe.pipeline.models.checkpoint import check_compatible, load_checkpoint
-from cmkd_pipe.pipeline.predict import predict_probs
+from cmkd_pipe.pipeline.predict import predict_probs, row_batches
 from cmkd_pipe.pipeline.records import write_json_atomic
 from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
-from cmkd_pipe.pipeline.training.batches import batches
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, features: str | os.PathLike, split: str = "all", *,
@@ -40,7 +39,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, features: str | os.PathLi
         if not store.multilabel:  # only clips of a class the teacher scores
             rows = rows[targets[rows].any(axis=1)]
         extra["mapped_classes"] = len(label_map.corpus_classes)
-    scores = predict_probs(model.to(target), batches(store, rows, batch_size), store.multilabel, norm=norm,
+    scores = predict_probs(model.to(target), row_batches(store, rows, batch_size), store.multilabel, norm=norm,
                            device=target, n_classes=model.n_classes, amp=False)
     if label_map is not None:
         scores = scores[:, list(label_map.teacher_columns)]

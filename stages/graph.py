@@ -41,14 +41,14 @@ from cmkd_pipe.pipeline.models.registry import configured_families
 from cmkd_pipe.pipeline.records import (FAILURE_NAME, read_failure, read_json, read_record, stage_fingerprint,
                               write_failure, write_json_atomic, write_record)
 from cmkd_pipe.pipeline.training.presets import resolve_config, select_family
+from cmkd_pipe.pipeline.training.schema import RUNTIME_KEYS
 
 CONFIG_NAME = "config.json"
 PREVIOUS = "previous"  # a stale stage's last outputs, kept until its next rerun
 KINDS = ("manifest", "features", "import-teacher", "train", "teacher-logits", "train-student", "report")
 CHUNKED = ("features", "teacher-logits")  # the stages that run chunk tasks on Dask
 SCHEDULER_VARIABLE = "CMKD_PIPE_SCHEDULER"  # a shared cluster's address for the stage processes of one run
-# Training settings that cannot change a result: never part of a stage's identity.
-RUNTIME_TRAIN_KEYS = (("train", "compile"), ("train", "checkpoint_every_steps"))
+RUNTIME_TRAIN_KEYS = RUNTIME_KEYS  # training settings that cannot change a result: never part of an identity
 
 
 @dataclass

@@ -4,9 +4,9 @@ Inputs:  a complete feature store and a teacher checkpoint (pipeline/models/chec
          on the same front-end and label vocabulary, or imported for it (`import-teacher`: a label
          map names the output that scores each corpus class it reaches).
 Outputs: OUT (logits store, schema cmkd-pipe/logits/2): raw float32 logits [clips, views, classes]
-         in the feature store's row order. View 0 is the clean fbank; view v > 0 is the input
-         `pipeline.views.ViewBuilder` builds for (view seed, clip id, v), exactly what the student
-         replays. Every input is normalised with the teacher's own normalisation (from its checkpoint).
+         in the feature store's row order, and each view's parameters (masks, shift, mixup partner
+         row and λ). View 0 is the clean fbank; view v > 0 is the input `pipeline.views.ViewBuilder`
+         builds for (view seed, clip id, v), exactly what the student replays from the stored parameters. Every input is normalised with the teacher's own normalisation (from its checkpoint).
          Bad clips (ok = false) get the logits of their zero fbank; the student never samples them.
          With a label map, only the mapped classes' logits are kept (attr `class_map`: their corpus
          class indices, one per column).
@@ -41,10 +41,10 @@ from cmkd_pipe.pipeline.predict import model_logits, probabilities, to_device
 from cmkd_pipe.pipeline.records import atomic_path
 from cmkd_pipe.pipeline.stores import logits_store as ls
 from cmkd_pipe.pipeline.stores.chunks import StoreError, chunk_range, open_store, pending_chunks, prepare_output
+from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
 from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 from cmkd_pipe.pipeline.stores.integrity import verify_store
 from cmkd_pipe.pipeline.stores.lock import store_lock
-from cmkd_pipe.pipeline.training.batches import ChunkCache
 from cmkd_pipe.pipeline.views import ViewBuilder
 
 
@@ -221,14 +221,17 @@ def compute_chunk(task: ChunkTask) -> int:
     x = store.read(rows)  # float16, cast to float32 where the model runs (views: in the builder)
     columns = None if task.columns is None else torch.tensor(task.columns, device=device)
     width = store.n_classes if columns is None else len(columns)
-    logits = np.empty((len(rows), builder.spec.n_views, width), dtype=np.float32)
-    for view in range(builder.spec.n_views):
+    n_views = builder.spec.n_views
+    logits = np.empty((len(rows), n_views, width), dtype=np.float32)
+    tables = [builder.draw_table(rows, np.full(len(rows), view)) for view in range(n_views)]
+    for view, table in enumerate(tables):
         for first in range(0, len(rows), task.batch_size):
             part = slice(first, first + task.batch_size)
-            inputs = x[part] if view == 0 else builder.build(rows[part], x[part], [view] * len(x[part]))[0]
+            inputs = x[part] if view == 0 else builder.inputs(rows[part], x[part], table.select(part))
             out = model_logits(model, normalize(to_device(inputs, device), norm))
             logits[part, view] = (out if columns is None else out[:, columns]).cpu().numpy()
-    ls.write_chunk(group, task.index, logits, task.generation)
+    views = tuple(np.stack([getattr(table, name) for table in tables], axis=1) for name in ("bands", "partner", "lam"))
+    ls.write_chunk(group, task.index, logits, task.generation, views)  # [clips, views, ...]
     return task.index
 
 

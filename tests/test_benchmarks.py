@@ -62,7 +62,8 @@ def test_every_benchmark_runs_quick_and_fills_the_results_table(tmp_path):
     keys = {entry["key"].split("/")[0] for name in BENCHMARKS
             for entry in json.loads((tmp_path / f"{name}.json").read_text())["ratios"]}
     assert {"read_vs_decode", "checkpoint_load_vs_read", "stage_vs_loop", "step_cached1_vs_plain",
-            "step_cached3_vs_plain", "step_online_vs_cached", "features_2_vs_1_workers"} <= keys
+            "step_cached3_vs_plain", "step_online_vs_cached", "features_2_vs_1_workers", "data_share_of_step",
+            "loader_2_vs_0_workers"} <= keys
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| measure | goal | before | now | met |" in table and "Quick run" in table
     assert all(f"| {label} |" in table for label in headline)

@@ -26,10 +26,10 @@ from cmkd_pipe.pipeline.augment import augment_batch
 from cmkd_pipe.pipeline.config import FeatureConfig, Normalization
 from cmkd_pipe.pipeline.features import normalize
 from cmkd_pipe.pipeline.models.checkpoint import load_checkpoint
+from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
 from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 from cmkd_pipe.pipeline.stores.logits_store import LogitsStore
 from cmkd_pipe.pipeline.stores.integrity import reseal
-from cmkd_pipe.pipeline.training.batches import batches
 from cmkd_pipe.pipeline.training.distributed import DistInfo
 from cmkd_pipe.pipeline.training.logs import load_metrics
 from cmkd_pipe.pipeline.training.presets import resolve_config
@@ -46,6 +46,14 @@ FAST = [*BASE, "train.epochs=1", "average.wa_start_epoch=null", "average.wa_end_
         "average.ensemble=false"]
 VIEWS = {"freq_mask": 4, "time_mask": 8, "mixup_rate": 0.5}
 runner = CliRunner()
+
+
+def step_inputs(source, store: FeatureStore, rows: np.ndarray, seed: int):
+    """A source's step input for `rows`, as a training step gets it: its CPU half (the loader's work),
+    then its device half."""
+    batch = source.plan().prepare(store, ChunkCache(store.fbank, store.chunk_clips), rows,
+                                  torch.Generator().manual_seed(seed))
+    return batch, source.inputs(batch)
 
 
 def tone_clips(make_tone, rename: dict[int, str] | None = None, classes: str = "abc") -> list[dict]:
@@ -126,27 +134,29 @@ def test_cached_teacher_uses_the_cached_logits_of_the_sampled_view(world):
     config = resolve_config("smoke", [*BASE, "augment.mixup_rate=1.0"])
     store = world["store"]
     teacher = CachedTeacher(store, config["augment"], torch.device("cpu"), world["views3"], probabilities_t)
-    batch = next(iter(batches(store, store.select("train")[:16], 16)))
-    got = teacher.inputs(batch, torch.Generator().manual_seed(1234))
+    indices = store.select("train")[:16]
+    _, got = step_inputs(teacher, store, indices, 1234)
     x, y, teacher_p = got.x, got.y, got.teacher_p
+    raw, labels = store.read(indices), store.targets[indices].astype(np.float32)
 
     replay = torch.Generator().manual_seed(1234)  # the source's draw order: views, then augment_batch
     view = torch.randint(0, 3, (16,), generator=replay)
-    plain = augment_batch(torch.from_numpy(batch.x), torch.from_numpy(batch.y),
-                          torch.from_numpy(batch.valid.astype(np.int64)), config["augment"], replay, keep=view > 0)
+    plain = augment_batch(torch.from_numpy(raw), torch.from_numpy(labels),
+                          torch.from_numpy(store.valid_frames[indices].astype(np.int64)), config["augment"], replay,
+                          keep=view > 0)
     view, perm, lam = view.numpy(), plain.perm, plain.lam
     viewed, clean = np.flatnonzero(view > 0), np.flatnonzero(view == 0)
     assert len(viewed) >= 4 and len(clean) >= 2
-    np.testing.assert_array_equal(x[clean].numpy(), batch.x[clean].astype(np.float32))  # the clean input
-    np.testing.assert_array_equal(y[clean].numpy(), batch.y[clean].astype(np.float32))
-    assert not np.array_equal(plain.x[clean].numpy(), batch.x[clean])  # which the batch augmentation changed
+    np.testing.assert_array_equal(x[clean].numpy(), raw[clean].astype(np.float32))  # the clean input
+    np.testing.assert_array_equal(y[clean].numpy(), labels[clean])
+    assert not np.array_equal(plain.x[clean].numpy(), raw[clean])  # which the batch augmentation changed
 
-    cached = np.asarray(LogitsStore(world["views3"]).logits[:])[batch.indices]  # [16, 3, K]
+    cached = np.asarray(LogitsStore(world["views3"]).logits[:])[indices]  # [16, 3, K]
     np.testing.assert_allclose(teacher_p[viewed].numpy(), probabilities(cached[viewed, view[viewed]]),
                                rtol=0, atol=1e-6)
     np.testing.assert_allclose(teacher_p[clean].numpy(), probabilities(cached[clean, 0]), rtol=0, atol=1e-6)
 
-    inputs, partners, view_lam = teacher.views.build(batch.indices[viewed], batch.x[viewed], view[viewed].tolist())
+    inputs, partners, view_lam = teacher.views.build(indices[viewed], raw[viewed], view[viewed].tolist())
     np.testing.assert_array_equal(x[viewed].numpy(), inputs.numpy())
     model, meta = load_checkpoint(world["teacher"])
     with torch.no_grad():
@@ -156,7 +166,7 @@ def test_cached_teacher_uses_the_cached_logits_of_the_sampled_view(world):
 
     targets = store.targets.astype(np.float32)
     has = partners >= 0
-    expected = targets[batch.indices[viewed]]
+    expected = targets[indices[viewed]]
     expected[has] = view_lam[has, None] * expected[has] + (1 - view_lam[has, None]) * targets[partners[has]]
     np.testing.assert_allclose(y[viewed].numpy(), expected, rtol=0, atol=1e-6)
     assert has.any()  # some viewed rows carry a mixup partner
@@ -170,9 +180,9 @@ def test_online_teacher_runs_the_teacher_on_the_augmented_input_and_scores_test_
     teacher = OnlineTeacher(store, config["augment"], cpu, world["teacher"], probabilities_t, batch_size=16,
                             amp=False)
     assert not teacher._scored  # nothing scored while building it
-    batch = next(iter(batches(store, store.select("train")[:16], 16)))
-    got = teacher.inputs(batch, torch.Generator().manual_seed(7))
-    plain = NoTeacher(store, config["augment"], cpu.device).inputs(batch, torch.Generator().manual_seed(7))
+    rows = store.select("train")[:16]
+    _, got = step_inputs(teacher, store, rows, 7)
+    _, plain = step_inputs(NoTeacher(store, config["augment"], cpu.device), store, rows, 7)
     np.testing.assert_array_equal(got.x.numpy(), plain.x.numpy())
     np.testing.assert_array_equal(got.y.numpy(), plain.y.numpy())
     model, meta = load_checkpoint(world["teacher"])

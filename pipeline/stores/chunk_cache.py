@@ -46,6 +46,8 @@ class ChunkCache:
         return data
 
     def rows(self, indices: Sequence[int]) -> np.ndarray:
-        """Rows in the order given, as float32."""
+        """Rows in the order given, as stored (float16 fbank: cast where it is used, e.g. on the device)."""
         size = self.chunk_items
-        return np.stack([self._chunk(int(i) // size)[int(i) % size] for i in indices]).astype(np.float32)
+        if len(indices) == 0:
+            return np.empty((0, *self.array.shape[1:]), dtype=self.array.dtype)
+        return np.stack([self._chunk(int(i) // size)[int(i) % size] for i in indices])

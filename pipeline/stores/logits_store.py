@@ -2,7 +2,11 @@
 
 A teacher whose labels differ from the corpus's (an imported AudioSet teacher on FSD50K) scores only the
 corpus classes its label map reaches: the store then holds those columns alone, and `class_map` (attr)
-gives the corpus class index of each column, in corpus order; null means every class, in order."""
+gives the corpus class index of each column, in corpus order; null means every class, in order.
+
+The teacher's view parameters (the arrays of `pipeline.augment.ViewTable`) are stored beside the logits, per clip and view
+(`view_bands`, `view_partner`, `view_lam`), so a student reads them instead of drawing them again; a store
+written before them has none (`LogitsStore.has_view_params` is false) and its reader draws them."""
 from __future__ import annotations
 
 import datetime as dt
@@ -14,6 +18,7 @@ import numpy as np
 import zarr
 
 from cmkd_pipe.pipeline.label_map import vocabulary_hash
+from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
 from cmkd_pipe.pipeline.stores.chunks import (StoreError, check_generation, chunk_range, create_store, mark_chunk_done,
                                     n_chunks, open_store, read_strings, require_complete, unreadable_chunk)
 from cmkd_pipe.pipeline.stores.feature_store import FeatureStore, restore_columns, store_root
@@ -52,6 +57,9 @@ def create_logits_store(path: str | os.PathLike, features: FeatureStore, teacher
 
     def build(group: zarr.Group) -> None:
         group.create_array("logits", shape=(n, v, k), chunks=(chunk_clips, v, k), dtype="float32", fill_value=0)
+        group.create_array("view_bands", shape=(n, v, 5), chunks=(chunk_clips, v, 5), dtype="int32", fill_value=0)
+        group.create_array("view_partner", shape=(n, v), chunks=(chunk_clips, v), dtype="int64", fill_value=-1)
+        group.create_array("view_lam", shape=(n, v), chunks=(chunk_clips, v), dtype="float64", fill_value=1.0)
         group.create_array("clip_id", shape=(n,), chunks=(chunk_clips,), dtype=str)[:] = features.clip_ids
 
     attrs = {**provenance(features, teacher, views, class_map), "chunk_clips": chunk_clips,
@@ -72,12 +80,22 @@ def open_for_writing(path: str | os.PathLike, expected: dict[str, Any], features
     return group
 
 
-def write_chunk(group: zarr.Group, index: int, logits: np.ndarray, generation: str) -> None:
-    """Write one chunk's logits, its file record, then its done marker (last)."""
+ViewArrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # bands [..., 5] int32, partner row [...] int64, λ [...] float64
+
+
+def write_chunk(group: zarr.Group, index: int, logits: np.ndarray, generation: str, views: ViewArrays) -> None:
+    """Write one chunk's logits [clips, V, K] and view parameters (`views`: clips × V entries, clip-major; a
+    store created before they were kept gets the logits alone), its file record, then its done marker (last)."""
     root = store_root(group)
     check_generation(group, root, generation)
     start, stop = chunk_range(index, group.attrs["chunk_clips"], group.attrs["n_clips"])
     group["logits"][start:stop] = logits.astype(np.float32)
+    if "view_lam" in group:
+        shape = logits.shape[:2]
+        bands, partner, lam = views
+        group["view_bands"][start:stop] = np.asarray(bands, dtype=np.int32).reshape(*shape, 5)
+        group["view_partner"][start:stop] = np.asarray(partner, dtype=np.int64).reshape(shape)
+        group["view_lam"][start:stop] = np.asarray(lam, dtype=np.float64).reshape(shape)
     check_generation(group, root, generation)
     record_chunk(group, root, index)
     mark_chunk_done(group, index)
@@ -102,6 +120,24 @@ class LogitsStore:
         self.clip_ids = read_strings(self.group["clip_id"])
         mapped = self.attrs.get("class_map")
         self.class_map = None if mapped is None else np.asarray(mapped, dtype=np.int64)
+        self.has_view_params = "view_lam" in self.group  # false for stores written before they were kept
+        self._views: tuple[ChunkCache, ChunkCache, ChunkCache] | None = None
+
+    def view_params(self, rows: np.ndarray, views: np.ndarray) -> ViewArrays:
+        """The stored parameters of view views[i] of row rows[i] (bands [n, 5], partner rows [n], λ [n]; whole
+        chunks decoded once and kept)."""
+        if not self.has_view_params:
+            raise StoreError(f"{self.path}: written before view parameters were stored; draw them "
+                             "(pipeline.views.ViewBuilder without `stored`)")
+        if self._views is None:
+            self._views = tuple(ChunkCache.resident(self.group[name], self.chunk_clips)  # type: ignore[assignment]
+                                for name in ("view_bands", "view_partner", "view_lam"))
+        bands, partner, lam = self._views
+        rows, views = np.asarray(rows, dtype=np.int64), np.asarray(views, dtype=np.int64)
+        if len(views) and (views.min() < 0 or views.max() >= self.n_views):
+            raise ValueError(f"{self.path}: views must be in 0..{self.n_views - 1}")
+        pick = np.arange(len(rows))
+        return bands.rows(rows)[pick, views], partner.rows(rows)[pick, views], lam.rows(rows)[pick, views]
 
     @property
     def n_columns(self) -> int:

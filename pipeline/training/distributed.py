@@ -12,10 +12,9 @@ import torch.distributed as dist
 from torch import nn
 
 from cmkd_pipe.pipeline.config import Normalization
-from cmkd_pipe.pipeline.predict import predict_probs
+from cmkd_pipe.pipeline.predict import predict_probs, row_batches
 from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
 from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
-from cmkd_pipe.pipeline.training.batches import batches
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def predict_rows(model: nn.Module, store: FeatureStore, rows: np.ndarray, info: 
     rank gets all of them back in `rows` order (a collective call under DDP)."""
     mine = np.arange(info.rank, len(rows), info.world_size)
     n_outputs = int(getattr(model, "n_classes", store.n_classes))  # an imported teacher may have more
-    local = predict_probs(model, batches(store, rows[mine], batch_size, cache=cache), store.multilabel, norm=norm,
+    local = predict_probs(model, row_batches(store, rows[mine], batch_size, cache), store.multilabel, norm=norm,
                           device=info.device, n_classes=n_outputs, amp=amp)
     out = np.zeros((len(rows), n_outputs), dtype=np.float32)
     for index, values in gather_objects((mine, local), info):

@@ -9,9 +9,13 @@ It writes into the run folder only what the loop needs:
   metrics.jsonl/.csv, tensorboard/   one row per epoch (through the RunLogger it is given)
 The train stage (stages/train.py) writes the rest (config.yaml, final.pt, wa.pt, results.json, ...).
 
+Input: the steps of an epoch are prepared by DataLoader workers (pipeline.training.loader: rows read as
+float16, the step's draws made on the CPU) and finished on the device by the TeacherSource.
+
 Randomness: step k of epoch e on rank r draws its augmentation from a generator seeded by
-(seed, e, k, r) and reseeds torch's global RNG (dropout) from the same tuple (pipeline.augment.step_seeds),
-so a resumed run, single process or DDP, continues bit for bit without any saved RNG state.
+(seed, e, k, r) (in whichever loader worker prepares it) and reseeds torch's global RNG (dropout) from the
+same tuple (pipeline.augment.step_seeds), so a resumed run, single process or DDP, with any number of
+loader workers, continues bit for bit without any saved RNG state.
 """
 from __future__ import annotations
 
@@ -39,8 +43,8 @@ from cmkd_pipe.pipeline.records import torch_save_atomic
 from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
 from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 from cmkd_pipe.pipeline.training.averaging import EnsembleAccumulator, WeightAverage
-from cmkd_pipe.pipeline.training.batches import Batch, batches
 from cmkd_pipe.pipeline.training.distributed import DistInfo, barrier, predict_rows
+from cmkd_pipe.pipeline.training.loader import Step, StepBatch, StepDataset, StepLoader, loader_workers
 from cmkd_pipe.pipeline.training.logs import RunLogger
 from cmkd_pipe.pipeline.training.sampler import ChunkAwareSampler
 from cmkd_pipe.pipeline.training.teachers import TeacherSource
@@ -108,9 +112,11 @@ class Trainer:
     def __init__(self, *, config: dict[str, Any], store: FeatureStore, splits: Splits, core: nn.Module,
                  model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, sampler: ChunkAwareSampler,
                  loss: CMKDLoss, teacher: TeacherSource, norm: Normalization, dist: DistInfo, out: Path,
-                 checkpoint_meta: dict[str, Any], identity: dict[str, Any], progress: bool = True) -> None:
+                 checkpoint_meta: dict[str, Any], identity: dict[str, Any], progress: bool = True,
+                 cache: ChunkCache | None = None) -> None:
         """`core` is the bare model (checkpoints), `model` the one to call (DDP/compiled wrapper or core);
-        `identity` (arch, config) must match for a resume; `checkpoint_meta` goes into model checkpoints."""
+        `identity` (arch, config) must match for a resume; `checkpoint_meta` goes into model checkpoints;
+        `cache`: the feature rows' cache of this process (shared with the teacher source)."""
         self.config, self.store, self.splits = config, store, splits
         self.core, self.model = core, model
         self.optimizer, self.scheduler, self.sampler, self.loss = optimizer, scheduler, sampler, loss
@@ -125,18 +131,24 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.best: dict[str, Any] = {"value": -math.inf, "epoch": None}
-        self.cache = ChunkCache.resident(store.fbank, store.chunk_clips)  # shared by training and evaluation
+        self.cache = cache or ChunkCache.resident(store.fbank, store.chunk_clips)  # training (no workers), evaluation
+        data = config["data"]
+        self.loader = StepLoader(StepDataset(store.path, teacher.plan(), seed=self.seed, rank=dist.rank, store=store,
+                                             cache=self.cache),
+                                 workers=loader_workers(data.get("loader_workers"), self.device),
+                                 prefetch=int(data.get("prefetch") or 2),
+                                 pin_memory=self.device.type == "cuda")
         self.ensemble = EnsembleAccumulator()
         self.weight_average = WeightAverage()
         self.partial: dict[str, Any] = {}  # loss sums of the epoch so far, saved with a mid-epoch state
 
     # ------------------------------------------------------------------------------- one step
-    def prepare(self, batch: Batch, step_in_epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Normalised augmented input, targets and teacher probabilities of this rank's step; seeds the
-        step's randomness (see the module docstring)."""
-        data_seed, model_seed = step_seeds(self.seed, self.epoch, step_in_epoch, self.dist.rank)
+    def prepare(self, batch: StepBatch, step_in_epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Normalised augmented input, targets and teacher probabilities of this rank's step on the device
+        (its draws were made by the loader); seeds the step's model randomness (see the module docstring)."""
+        _, model_seed = step_seeds(self.seed, self.epoch, step_in_epoch, self.dist.rank)
         torch.manual_seed(model_seed)
-        inputs = self.teacher.inputs(batch, torch.Generator().manual_seed(data_seed))
+        inputs = self.teacher.inputs(batch)
         return normalize(inputs.x, self.norm), inputs.y, inputs.teacher_p
 
     def train_epoch(self, start_position: int = 0) -> dict[str, float]:
@@ -155,9 +167,9 @@ class Trainer:
         started = time.perf_counter()
         data_time = float(resumed.get("data_seconds", 0.0))
         tick = time.perf_counter()
-        for step_in_epoch, batch in enumerate(batches(self.store, order[done_steps * self.batch_size:],
-                                                      self.batch_size, drop_last=True, cache=self.cache),
-                                              start=done_steps):
+        steps = [Step(self.epoch, k, order[k * self.batch_size:(k + 1) * self.batch_size])
+                 for k in range(done_steps, self.steps_per_epoch)]
+        for step_in_epoch, batch in zip((step.index for step in steps), self.loader(steps)):
             x, y, teacher_p = self.prepare(batch, step_in_epoch)
             data_time += time.perf_counter() - tick
             with autocast_for(self.device, self.amp):
@@ -181,6 +193,8 @@ class Trainer:
                 self.save_state(position=(step_in_epoch + 1) * self.batch_size)
             tick = time.perf_counter()
         bar.close()
+        if self.epoch + 1 >= self.epochs:
+            self.loader.close()  # the last epoch: stop the workers
         self.partial = {}
         elapsed = earlier_seconds + time.perf_counter() - started
         out = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}  # over the whole epoch, resumed or not

@@ -32,7 +32,7 @@ CHOICES = {
     ("optim", "name"): ("adam", "adamw"),
     ("eval", "metric"): ("accuracy", "mAP"),
 }
-POSITIVE = {("optim", "lr"): (int, float), ("data", "batch_size"): int,
+POSITIVE = {("optim", "lr"): (int, float), ("data", "batch_size"): int, ("data", "prefetch"): int,
             ("features", "target_frames"): int, ("features", "num_mel_bins"): int}
 
 
@@ -188,6 +188,10 @@ def _validate_family(config: dict[str, Any], where: str) -> None:
     if norm["source"] == "published" and norm.get("published_stats") not in PUBLISHED_STATS:
         raise ValueError(f"{where}: norm.published_stats = {norm.get('published_stats')!r}; with norm.source "
                          f"'published' choose one of {sorted(PUBLISHED_STATS)}")
+    workers = config["data"].get("loader_workers")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"{where}: data.loader_workers = {workers!r} must be null (automatic) or an integer >= 0 "
+                         "(0: no worker processes)")
     epochs = config["train"].get("epochs")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"{where}: train.epochs must be an integer >= 1, got {epochs!r}")

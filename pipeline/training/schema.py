@@ -30,6 +30,9 @@ class DataSection:
     balanced: bool = False  # draw clips with the manifest weights (WeightedRandomSampler)
     epoch_len: int | None = None  # clips drawn per epoch (null: the training-set size)
     batch_size: int = 12  # clips per optimiser step (per process under DDP)
+    loader_workers: int | None = None  # DataLoader worker processes preparing steps (0: in the training process;
+    # null: 0 on the CPU, where they compete with the step for the cores, AUTO_GPU_WORKERS with CUDA)
+    prefetch: int = 2  # steps each loader worker prepares ahead (with loader_workers > 0)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,12 @@ class EvalSection:
 
     metric: str = "accuracy"  # accuracy | mAP
     every_epochs: int = 1  # score the validation split every N epochs (and after the last); best epoch among them
+
+
+# Settings that cannot change a result (how fast, how often a state is saved): left out of a stage's identity
+# (stages/graph.py) and of the config a resumed run must match.
+RUNTIME_KEYS = (("train", "compile"), ("train", "checkpoint_every_steps"), ("data", "loader_workers"),
+                ("data", "prefetch"))
 
 
 SECTIONS: dict[str, type | None] = {

@@ -16,6 +16,7 @@ from cmkd_pipe.pipeline.config import PUBLISHED_STATS, Normalization
 from cmkd_pipe.pipeline.losses import CMKDLoss
 from cmkd_pipe.pipeline.models.factory import build_model, preferred_memory_format
 from cmkd_pipe.pipeline.models.weights import load_imagenet_from_hub, load_weights
+from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
 from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 from cmkd_pipe.pipeline.training.distributed import DistInfo
 from cmkd_pipe.pipeline.models.registry import family_of_arch
@@ -23,6 +24,7 @@ from cmkd_pipe.pipeline.training.engine import Splits, Trainer, TrainRequest, mo
 from cmkd_pipe.pipeline.training.presets import select_family
 from cmkd_pipe.pipeline.training.sampler import ChunkAwareSampler
 from cmkd_pipe.pipeline.training.schedule import build_scheduler
+from cmkd_pipe.pipeline.training.schema import RUNTIME_KEYS
 from cmkd_pipe.pipeline.training.teachers import teacher_source
 
 
@@ -64,9 +66,11 @@ def build_trainer(request: TrainRequest, dist: DistInfo) -> Trainer:
     loss = CMKDLoss(store.multilabel, lam=float(kd["lam"]), tau=float(kd["tau"]), form=kd["form"],
                     tau2_scaling=bool(kd["tau2_scaling"]))
     amp = bool(config["train"].get("amp")) and dist.device.type == "cuda"
+    cache = ChunkCache.resident(store.fbank, store.chunk_clips)  # this process's feature rows
     teacher = teacher_source(store, config["augment"], dist, logits=request.teacher_logits,
                              checkpoint=request.teacher_checkpoint, teacher_probs=loss.teacher_probs,
-                             batch_size=batch_size, amp=amp, channels_last=bool(config["train"].get("channels_last")))
+                             batch_size=batch_size, amp=amp, cache=cache,
+                             channels_last=bool(config["train"].get("channels_last")))
     if teacher.kd_classes is not None:  # a teacher scoring some classes: distil only those
         loss.kd_classes = tuple(int(c) for c in teacher.kd_classes)
     meta = {"feature_config": store.feature_config.to_dict(), "normalization": norm.to_dict(),
@@ -76,7 +80,15 @@ def build_trainer(request: TrainRequest, dist: DistInfo) -> Trainer:
     return Trainer(config=config, store=store, splits=splits, core=core, model=model, optimizer=optimizer,
                    scheduler=scheduler, sampler=sampler, loss=loss, teacher=teacher, norm=norm, dist=dist,
                    out=request.out_dir, checkpoint_meta=meta,
-                   identity={"arch": request.arch, "config": request.config}, progress=request.progress)
+                   identity={"arch": request.arch, "config": without_runtime(request.config)}, progress=request.progress,
+                   cache=cache)
+
+
+def without_runtime(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` without the data-loader settings (schema.RUNTIME_KEYS of the data section): a run may resume
+    with other loader workers. (The train-section keys stay: states written before this kept them.)"""
+    data = {key: value for key, value in config.get("data", {}).items() if ("data", key) not in RUNTIME_KEYS}
+    return {**config, "data": data}
 
 
 def check_feature_settings(config: dict[str, Any], store: FeatureStore) -> None:

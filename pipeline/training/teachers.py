@@ -1,15 +1,19 @@
 """Where a training step's input, targets and KD targets come from: no teacher, cached teacher logits
 (stage two), or a frozen teacher run online (the reference KD setting).
 
-`TeacherSource.inputs(batch, generator)` augments one batch with draws from `generator` only
-(pipeline.augment.augment_batch) and returns the raw augmented input on the device, the mixed targets,
-and the teacher's probabilities for that input (None without a teacher):
+Each source has two halves. `plan()` is the CPU half, a picklable `StepPlan` that DataLoader workers run
+(pipeline.training.loader): it reads the step's rows as stored, draws the step's augmentation from the
+step's generator only and gathers what the input needs (partner rows, cached logits, mixed targets).
+`inputs(batch)` is the device half: it copies the StepBatch to the device, casts it to float32 there,
+applies the drawn recipe (pipeline.augment.apply_recipe) and returns the raw augmented input, the mixed
+targets and the teacher's probabilities for that input (None without a teacher):
 
-  NoTeacher      mixup + SpecAugment; no KD targets.
+  NoTeacher      mixup + SpecAugment (+ time shift); no KD targets.
   CachedTeacher  first draws a view per clip (when the logits store holds more than the clean view 0).
-                 Viewed clips get the teacher's exact view input (pipeline.views.ViewBuilder, unmixed
-                 by the batch mixup) and its cached logits for that view; clean clips are mixed as
-                 usual and get the same mixup of the clean teacher probabilities.
+                 With K > 1 views every clip gets the teacher's exact view input (its parameters read
+                 from the logits store, or drawn for a store written before they were kept; view 0 is
+                 the clean input) and its cached logits for that view. With the clean view alone the
+                 batch is mixed as usual and gets the same mixup of the clean teacher probabilities.
   OnlineTeacher  mixup + SpecAugment, then the frozen teacher's forward on the same augmented input.
 
 `probabilities(rows)` gives the teacher's (τ = 1) class probabilities on store rows (the validation
@@ -30,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmkd_pipe.pipeline.augment import ViewSpec, augment_batch, mask_fill_value
+from cmkd_pipe.pipeline.augment import ViewSpec, ViewTable, apply_recipe, draw_batch, mask_fill_value, mix_targets
 from cmkd_pipe.pipeline.config import Normalization
 from cmkd_pipe.pipeline.features import normalize
 from cmkd_pipe.pipeline.models.checkpoint import check_compatible, load_checkpoint
@@ -39,9 +43,9 @@ from cmkd_pipe.pipeline.predict import model_logits, probabilities
 from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
 from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 from cmkd_pipe.pipeline.stores.logits_store import LogitsStore
-from cmkd_pipe.pipeline.training.batches import Batch
 from cmkd_pipe.pipeline.training.distributed import DistInfo, predict_rows
-from cmkd_pipe.pipeline.views import ViewBuilder
+from cmkd_pipe.pipeline.training.loader import StepBatch
+from cmkd_pipe.pipeline.views import ViewBuilder, partner_positions
 
 TeacherProbs = Callable[[torch.Tensor], torch.Tensor]  # teacher logits -> KD target (τ applied), e.g. CMKDLoss
 
@@ -51,6 +55,24 @@ class TrainInputs:
     x: torch.Tensor  # raw (un-normalised) augmented log-mel [B, T, F] on the training device
     y: torch.Tensor  # mixed targets [B, K] on the device
     teacher_p: torch.Tensor | None  # teacher probabilities [B, K] on the device, or None
+
+
+class AugmentPlan:
+    """The CPU half of NoTeacher and OnlineTeacher: the batch's rows and its mixup / SpecAugment draws."""
+
+    def __init__(self, augment: dict[str, Any]) -> None:
+        self.augment = augment
+
+    def prepare(self, store: FeatureStore, cache: ChunkCache, rows: np.ndarray,
+                generator: torch.Generator) -> StepBatch:
+        x = cache.rows(rows)
+        draws = draw_batch(len(rows), x.shape[1], x.shape[2], self.augment, generator)
+        y = torch.from_numpy(store.targets[rows].astype(np.float32))
+        return StepBatch(torch.from_numpy(rows), torch.from_numpy(x), _valid(store, rows), draws.recipe,
+                         mix_targets(y, draws.perm, draws.lam))
+
+    def close(self) -> None:
+        pass
 
 
 class TeacherSource:
@@ -65,10 +87,19 @@ class TeacherSource:
         self.info: dict[str, Any] | None = None  # the teacher's identity, recorded in results.json
         self.kd_classes: np.ndarray | None = None  # corpus classes the teacher scores (None: all)
 
-    def inputs(self, batch: Batch, generator: torch.Generator) -> TrainInputs:
-        out = augment_batch(torch.from_numpy(batch.x), torch.from_numpy(batch.y),
-                            torch.from_numpy(batch.valid.astype(np.int64)), self.augment, generator)
-        return TrainInputs(out.x.to(self.device, non_blocking=True), out.y.to(self.device), None)
+    def plan(self) -> Any:
+        """The CPU half (a pipeline.training.loader.StepPlan) that DataLoader workers run."""
+        return AugmentPlan(self.augment)
+
+    def inputs(self, batch: StepBatch) -> TrainInputs:
+        """The device half: the step's input, targets and KD targets on the device."""
+        batch = batch.to(self.device)
+        return TrainInputs(self._augmented(batch, self.augment["mixup_mode"], self.augment["mask_value"]), batch.y,
+                           None)
+
+    @staticmethod
+    def _augmented(batch: StepBatch, mode: str, mask_value: float) -> torch.Tensor:
+        return apply_recipe(batch.source, batch.recipe, mode, mask_value, batch.valid).float()
 
     def probabilities(self, rows: np.ndarray) -> np.ndarray | None:
         return None
@@ -76,6 +107,62 @@ class TeacherSource:
 
 class NoTeacher(TeacherSource):
     """Plain training (teachers and baselines): mixup + SpecAugment, no KD targets."""
+
+
+class CachedPlan:
+    """The CPU half of CachedTeacher: view draws, view parameters and partner rows, cached logits, targets.
+    It opens the logits store itself on first use (in each DataLoader worker), unless given open handles."""
+
+    def __init__(self, augment: dict[str, Any], logits: Path, opened: tuple[ChunkCache, ViewBuilder] | None = None
+                 ) -> None:
+        self.augment, self.path, self._opened = augment, Path(logits), opened
+
+    def close(self) -> None:
+        self._opened = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_opened": None}
+
+    def open(self, store: FeatureStore, cache: ChunkCache) -> tuple[ChunkCache, ViewBuilder]:
+        if self._opened is None:
+            self._opened = open_cached(store, cache, LogitsStore(self.path))
+        return self._opened
+
+    def prepare(self, store: FeatureStore, cache: ChunkCache, rows: np.ndarray,
+                generator: torch.Generator) -> StepBatch:
+        logits, views = self.open(store, cache)
+        n, n_views = len(rows), views.spec.n_views
+        view = torch.zeros(n, dtype=torch.long)
+        if n_views > 1:
+            view = torch.randint(0, n_views, (n,), generator=generator)
+        x = cache.rows(rows)
+        y = torch.from_numpy(store.targets[rows].astype(np.float32))
+        cached = torch.from_numpy(logits.rows(rows))  # [B, V, K]
+        if n_views == 1:  # one clean view: the batch's own augmentation, taught by the clean logits mixed alike
+            draws = draw_batch(n, x.shape[1], x.shape[2], self.augment, generator)
+            return StepBatch(torch.from_numpy(rows), torch.from_numpy(x), _valid(store, rows), draws.recipe,
+                             mix_targets(y, draws.perm, draws.lam), cached[:, 0], draws.perm, draws.lam)
+        table = views.table(rows, view.numpy())  # view 0: the clean input
+        has = table.partner >= 0
+        partners = table.partner[has]
+        source = np.concatenate([x, views.cache.rows(partners).astype(x.dtype, copy=False)])
+        weight = torch.from_numpy(table.lam[has]).float()[:, None]  # targets mixed with the view's partner by its λ
+        y[torch.from_numpy(has)] = weight * y[torch.from_numpy(has)] + (1 - weight) * torch.from_numpy(
+            store.targets[partners].astype(np.float32))
+        return StepBatch(torch.from_numpy(rows), torch.from_numpy(source),
+                         _valid(store, np.concatenate([rows, partners])),
+                         table.recipe(partner_positions(table.partner, n)), y, cached[torch.arange(n), view],
+                         torch.arange(n), torch.ones(n))
+
+
+def open_cached(store: FeatureStore, cache: ChunkCache, logits: LogitsStore) -> tuple[ChunkCache, ViewBuilder]:
+    """The logits' resident cache and the view builder of a logits store (its stored view parameters, or
+    drawn ones for a store written before they were kept)."""
+    spec = ViewSpec.from_dict(logits.attrs["views"])
+    mode = logits.attrs["teacher"].get("view_mix_mode", "power")
+    stored = (lambda rows, views: ViewTable(*logits.view_params(rows, views))) if logits.has_view_params else None
+    return (ChunkCache.resident(logits.logits, logits.chunk_clips),
+            ViewBuilder(store, spec, cache, mode, stored=stored))
 
 
 class CachedTeacher(TeacherSource):
@@ -88,53 +175,31 @@ class CachedTeacher(TeacherSource):
     role = "student"
 
     def __init__(self, store: FeatureStore, augment: dict[str, Any], device: torch.device, logits: Path,
-                 teacher_probs: TeacherProbs) -> None:
+                 teacher_probs: TeacherProbs, cache: ChunkCache | None = None) -> None:
+        """`cache`: the feature rows' cache of this process (shared with the plan when it runs here)."""
         super().__init__(store, augment, device)
         cached = LogitsStore(logits)
         cached.check_matches(store)
         cached.verify_readable()
-        self.logits = ChunkCache.resident(cached.logits, cached.chunk_clips)
-        spec = ViewSpec.from_dict(cached.attrs["views"])
-        mode = cached.attrs["teacher"].get("view_mix_mode", "power")
-        self.views = ViewBuilder(store, spec, ChunkCache.resident(store.fbank, store.chunk_clips), mode)
+        self.path = Path(logits)
+        self.logits, self.views = open_cached(store, cache or ChunkCache.resident(store.fbank, store.chunk_clips),
+                                              cached)
         self.teacher_probs = teacher_probs
         self.info = _with_run(dict(cached.attrs["teacher"]))
         self.kd_classes = cached.class_map
 
-    def inputs(self, batch: Batch, generator: torch.Generator) -> TrainInputs:
-        n = len(batch.indices)
-        view = torch.zeros(n, dtype=torch.long)
-        if self.views.spec.n_views > 1:
-            view = torch.randint(0, self.views.spec.n_views, (n,), generator=generator)
-        viewed = view > 0
-        y = torch.from_numpy(batch.y)
-        clean = self.logits.rows(batch.indices)  # [B, V, K]
-        base = self.teacher_probs(torch.from_numpy(clean[:, 0]))
-        if self.views.spec.n_views > 1:  # only cached views: view-0 rows stay the clean input the teacher saw
-            x = torch.tensor(batch.x, dtype=torch.float32)  # copies: the batch's arrays are not ours to write
-            targets, teacher_p = y.to(torch.float32, copy=True), base.clone()
-        else:  # one clean view: the batch's own augmentation, taught by the clean logits mixed alike
-            out = augment_batch(torch.from_numpy(batch.x), y, torch.from_numpy(batch.valid.astype(np.int64)),
-                                self.augment, generator)
-            x, targets = out.x, out.y
-            teacher_p = out.lam[:, None] * base + (1 - out.lam[:, None]) * base[out.perm]
-        rows = viewed.nonzero().flatten()
-        if len(rows):
-            sel = rows.numpy()
-            teacher_p[rows] = self.teacher_probs(torch.from_numpy(clean[sel, view[rows].numpy()]))
-            x[rows], partners, lam = self.views.build(batch.indices[sel], batch.x[sel], view[rows].tolist())
-            targets[rows] = self._view_targets(y[rows].float(), partners, lam)
-        return TrainInputs(x.to(self.device, non_blocking=True), targets.to(self.device),
-                           teacher_p.to(self.device))
+    def plan(self) -> CachedPlan:
+        return CachedPlan(self.augment, self.path, (self.logits, self.views))
 
-    def _view_targets(self, y: torch.Tensor, partners: np.ndarray, lam: np.ndarray) -> torch.Tensor:
-        """Targets of viewed clips: mixed with their view's own partner by the view's λ."""
-        has = partners >= 0
-        if has.any():
-            partner_y = torch.from_numpy(self.store.targets[partners[has]].astype(np.float32))
-            weight = torch.from_numpy(lam[has]).float()[:, None]
-            y[torch.from_numpy(has)] = weight * y[torch.from_numpy(has)] + (1 - weight) * partner_y
-        return y
+    def inputs(self, batch: StepBatch) -> TrainInputs:
+        batch = batch.to(self.device)
+        if self.views.spec.n_views > 1:  # every row is a cached view (view 0: the clean input)
+            x = self._augmented(batch, self.views.mix_mode, self.views.mask_value)
+        else:
+            x = self._augmented(batch, self.augment["mixup_mode"], self.augment["mask_value"])
+        p = self.teacher_probs(batch.teacher_logits)
+        lam = batch.teacher_lam.to(p.dtype)[:, None]
+        return TrainInputs(x, batch.y, lam * p + (1 - lam) * p[batch.teacher_perm])
 
     def probabilities(self, rows: np.ndarray) -> np.ndarray:
         return probabilities(self.logits.rows(rows)[:, 0], self.store.multilabel)
@@ -163,8 +228,8 @@ class OnlineTeacher(TeacherSource):
         self.info = _with_run({"checkpoint": str(checkpoint), "model_config": meta["model_config"]})
         self._scored: dict[bytes, np.ndarray] = {}  # teacher probabilities per row set (validation, test)
 
-    def inputs(self, batch: Batch, generator: torch.Generator) -> TrainInputs:
-        plain = super().inputs(batch, generator)
+    def inputs(self, batch: StepBatch) -> TrainInputs:
+        plain = super().inputs(batch)
         logits = model_logits(self.model, normalize(plain.x, self.norm), self.amp)
         if self.columns is not None:
             logits = logits[:, self.columns]
@@ -184,16 +249,21 @@ class OnlineTeacher(TeacherSource):
 
 def teacher_source(store: FeatureStore, augment: dict[str, Any], dist: DistInfo, *, logits: Path | None,
                    checkpoint: Path | None, teacher_probs: TeacherProbs, batch_size: int,
-                   amp: bool, channels_last: bool = False) -> TeacherSource:
-    """The source a run asks for: --logits (cached), --teacher (online), or neither."""
+                   amp: bool, channels_last: bool = False, cache: ChunkCache | None = None) -> TeacherSource:
+    """The source a run asks for: --logits (cached), --teacher (online), or neither. `cache`: this process's
+    cache of the feature rows (view partners are read through it when the plan runs here)."""
     if logits and checkpoint:
         raise ValueError("give either --logits (cached teacher) or --teacher (online teacher), not both")
     if logits:
-        return CachedTeacher(store, augment, dist.device, Path(logits), teacher_probs)
+        return CachedTeacher(store, augment, dist.device, Path(logits), teacher_probs, cache)
     if checkpoint:
         return OnlineTeacher(store, augment, dist, Path(checkpoint), teacher_probs, batch_size=batch_size, amp=amp,
                              channels_last=channels_last)
     return NoTeacher(store, augment, dist.device)
+
+
+def _valid(store: FeatureStore, rows: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(store.valid_frames[rows].astype(np.int64))
 
 
 def _with_run(info: dict[str, Any]) -> dict[str, Any]:
