@@ -101,10 +101,9 @@ def read_variants(store: FeatureStore, manifest: Manifest, raw: FeatureStore) ->
     }
 
 
-def compression(store_path: Path) -> float:
-    """Decoded fbank bytes over the bytes of its chunk files on disk."""
-    stored = sum(f.stat().st_size for f in (store_path / "fbank").rglob("*") if f.is_file() and f.name != "zarr.json")
-    return FeatureStore(store_path).fbank.nbytes / stored
+def stored_bytes(array_path: Path) -> int:
+    """Bytes of an array's chunk files on disk (its zarr.json left out)."""
+    return sum(f.stat().st_size for f in array_path.rglob("*") if f.is_file() and f.name != "zarr.json")
 
 
 def stage_variants(store_path: Path, clusters: dict[int, str]) -> dict:
