@@ -12,30 +12,16 @@ paired ratio decode+fbank / read (the issue #13 goal: >= 20x) and the write's sh
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import zarr
 
-from benchmarks.features import decode_epoch, stored_bytes, training_batches
+from benchmarks.features import DECODE, codec_copy, decode_epoch, stored_bytes, training_batches
 from benchmarks.paired import Results, add_arguments, alternate, demo_features, finish_arguments, paired, shape_name
 from cmkd_pipe.data_manifests.manifest import Manifest
-from cmkd_pipe.pipeline.stores.codecs import CODECS, DEFAULT_CODEC, compressors
+from cmkd_pipe.pipeline.stores.codecs import CODECS, DEFAULT_CODEC
 from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
-
-DECODE = "decode wav + fbank (AST loader)"
-
-
-def codec_copy(store: FeatureStore, path: Path, codec: str) -> FeatureStore:
-    """The store's reader over an empty copy of its fbank array, compressed with `codec` (same chunks)."""
-    array = zarr.create_array(store=str(path), shape=store.fbank.shape, chunks=store.fbank.chunks, dtype="float16",
-                              compressors=compressors(codec), overwrite=True)
-    twin = copy.copy(store)
-    twin.fbank = array
-    return twin
-
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
             store_path = demo_features(work, shape, clips_per_class)
             store, manifest = FeatureStore(store_path), Manifest.load(store_path.parent / "manifest")
             fbank = np.asarray(store.fbank[:])
-            copies = {codec: codec_copy(store, work / f"{codec}-{name}.zarr", codec) for codec in names}
+            copies = {codec: codec_copy(store, work / f"{codec}-{name}.zarr", codec, fill=False) for codec in names}
             batches = training_batches(store)
             variants = {DECODE: lambda: decode_epoch(manifest, store.feature_config)}
             for codec, twin in copies.items():
