@@ -92,7 +92,8 @@ def _run_locked(manifest: Manifest, out: Path, config: FeatureConfig, chunk_clip
         group = fs.create_feature_store(out, manifest, config, chunk_clips, audio_checks, codec)
     chunk_clips = group.attrs["chunk_clips"]
     todo = pending_chunks(group)
-    tasks = [_task(out, manifest, i, chunk_clips, config, max_channels, min_level, group.attrs["generation"])
+    clips = _clip_list(manifest)
+    tasks = [_task(out, clips, i, chunk_clips, config, max_channels, min_level, group.attrs["generation"])
              for i in todo]
     run_tasks(compute_chunk, tasks, scheduler=scheduler, n_workers=n_workers, desc="features",
               progress=progress)
@@ -114,11 +115,17 @@ def _run_locked(manifest: Manifest, out: Path, config: FeatureConfig, chunk_clip
     return summary
 
 
-def _task(out: Path, manifest: Manifest, index: int, chunk_clips: int, config: FeatureConfig,
+def _clip_list(manifest: Manifest) -> list[tuple[str, str]]:
+    """(clip_id, audio path) of every row, built once in the driver (per-row lookups took 0.2 ms a clip)."""
+    root = manifest.root
+    paths = [str(Path(path) if Path(path).is_absolute() else root / path) for path in manifest.clips["path"]]
+    return list(zip(manifest.clips["clip_id"].astype(str), paths))
+
+
+def _task(out: Path, clips: list[tuple[str, str]], index: int, chunk_clips: int, config: FeatureConfig,
           max_channels: int, min_level: float, generation: str) -> ChunkTask:
-    start, stop = chunk_range(index, chunk_clips, len(manifest))
-    clips = [(manifest.clips.at[i, "clip_id"], str(manifest.audio_path(i))) for i in range(start, stop)]
-    return ChunkTask(str(out), index, clips, config.to_dict(), max_channels, min_level, generation)
+    start, stop = chunk_range(index, chunk_clips, len(clips))
+    return ChunkTask(str(out), index, clips[start:stop], config.to_dict(), max_channels, min_level, generation)
 
 
 def compute_chunk(task: ChunkTask) -> fs.ChunkResult:
