@@ -10,8 +10,8 @@ one `import-<family>` stage (`cmkd-pipe import-teacher`) makes the checkpoint ev
 
 Every stage's settings are resolved here once and written to its `config.json`: `params` (everything that
 determines the result: its fingerprint), `runtime` (scheduler, workers, device, the feature store's
-codec: never part of the identity) and `io` (input and output paths). `cmkd-pipe run-stage DIR` runs a stage from that file alone,
-so `cmkd-pipe run`, Make and the stage commands share one way in (cli/stage_runner.py).
+codec: never part of the identity) and `io` (input and output paths). `cmkd-pipe run-stage DIR` runs a
+stage from that file alone, so `cmkd-pipe run`, Make and the stage commands share one way in (cli/stage_runner.py).
 
 A stage is *done* when stage.json exists and its fingerprint equals the hash of its identity and its
 inputs' identities (each input's fingerprint and the id of the run that made it, so a rerun of an

@@ -18,7 +18,7 @@ class FeaturesSection:
 
     target_frames: int = 1024  # frames per clip after padding/trimming (10 ms hop)
     num_mel_bins: int = 128  # Kaldi fbank mel bins
-    codec: str = "blosc-lz4-bitshuffle"  # how the feature stage compresses the fbank (pipeline.stores.codecs; bytes only)
+    codec: str = "blosc-lz4-bitshuffle"  # fbank compression of the feature stage (pipeline.stores.codecs)
 
 
 @dataclass(frozen=True)
