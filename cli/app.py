@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cmkd_pipe.cli.common import ErrorBoundary, fail, print_json
+from cmkd_pipe.pipeline.stores.codecs import CODECS, DEFAULT_CODEC
 
 app = typer.Typer(cls=ErrorBoundary, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CNN/Transformer cross-model knowledge distillation for audio classification.")
@@ -60,6 +61,8 @@ def features(manifest_dir: Annotated[Path, typer.Option("--manifest", help="mani
              chunk_clips: Annotated[int, typer.Option(help="clips per Zarr chunk = per task")] = 64,
              scheduler: Scheduler = None, workers: Workers = None,
              max_bad_fraction: Annotated[float, typer.Option(help="fail when more clips than this are unusable")] = 0.05,
+             codec: Annotated[str, typer.Option(help=f"fbank compression of a new store: {', '.join(CODECS)} "
+                                                     "(docs/ARCHITECTURE.md)")] = DEFAULT_CODEC,
              overwrite: bool = False) -> None:
     """Compute the Kaldi fbank of every clip into a chunked Zarr store (resumable, Dask-parallel)."""
     from cmkd_pipe.cli import stage_runner
@@ -70,7 +73,7 @@ def features(manifest_dir: Annotated[Path, typer.Option("--manifest", help="mani
     summary = stage_runner.features(
         {"features": config.to_dict(), "chunk_clips": chunk_clips, "max_bad_fraction": max_bad_fraction},
         {"manifest": str(manifest_dir), "out": str(out)},
-        {"scheduler": scheduler, "workers": workers, "overwrite": overwrite})
+        {"scheduler": scheduler, "workers": workers, "codec": codec, "overwrite": overwrite})
     print_json(summary)
 
 

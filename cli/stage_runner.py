@@ -52,6 +52,7 @@ def features(params: Settings, io: Settings, runtime: Settings) -> dict[str, Any
                         n_workers=runtime.get("workers"),
                         max_bad_fraction=float(params.get("max_bad_fraction", 0.05)),
                         **({"min_level": float(params["min_level"])} if "min_level" in params else {}),
+                        **({"codec": runtime["codec"]} if runtime.get("codec") else {}),
                         overwrite=bool(runtime.get("overwrite", False)),
                         progress=bool(runtime.get("progress", True)))
 

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 
 from cmkd_pipe.pipeline.config import FeatureConfig
 from cmkd_pipe.pipeline.inference import ClipTags, Tagger, load_scorer
+from cmkd_pipe.pipeline.stores.codecs import DEFAULT_CODEC
 from cmkd_pipe.stages.export import run_export
 from cmkd_pipe.stages.features import run_features
 from cmkd_pipe.stages.report import build_report
@@ -38,11 +39,12 @@ def load_model(model: PathLike, *, hop: int | None = None, pool: str = "mean", b
 
 def features(manifest: PathLike, out: PathLike, *, config: FeatureConfig | None = None, chunk_clips: int = 64,
              scheduler: str | None = None, workers: int | None = None, max_bad_fraction: float = 0.05,
-             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Kaldi fbank of every clip of a manifest folder into a feature store (resumable); a summary dict."""
+             codec: str = DEFAULT_CODEC, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Kaldi fbank of every clip of a manifest folder into a feature store (resumable); a summary dict.
+    `codec`: how a new store's fbank is compressed (pipeline.stores.codecs)."""
     return run_features(manifest, out, config=config or FeatureConfig(), chunk_clips=chunk_clips,
                         scheduler=scheduler, n_workers=workers, max_bad_fraction=max_bad_fraction,
-                        overwrite=overwrite, progress=progress)
+                        codec=codec, overwrite=overwrite, progress=progress)
 
 
 def train(features: PathLike, out: PathLike, *, model: str = "cnn", preset: str = "demo",

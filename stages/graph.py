@@ -9,9 +9,9 @@ one `import-<family>` stage (`cmkd-pipe import-teacher`) makes the checkpoint ev
 `logits-<family>` (and online student) uses, and no `train-<family>` stage is planned.
 
 Every stage's settings are resolved here once and written to its `config.json`: `params` (everything that
-determines the result: its fingerprint), `runtime` (scheduler, workers, device: never part of the
-identity) and `io` (input and output paths). `cmkd-pipe run-stage DIR` runs a stage from that file alone,
-so `cmkd-pipe run`, Make and the stage commands share one way in (cli/stage_runner.py).
+determines the result: its fingerprint), `runtime` (scheduler, workers, device, the feature store's
+codec: never part of the identity) and `io` (input and output paths). `cmkd-pipe run-stage DIR` runs a
+stage from that file alone, so `cmkd-pipe run`, Make and the stage commands share one way in (cli/stage_runner.py).
 
 A stage is *done* when stage.json exists and its fingerprint equals the hash of its identity and its
 inputs' identities (each input's fingerprint and the id of the run that made it, so a rerun of an
@@ -110,9 +110,10 @@ def groups(profile: DatasetProfile, folds: list[int] | None = None,
 
 
 def feature_config(profile: DatasetProfile, preset: dict[str, Any]) -> FeatureConfig:
-    """The profile's front-end with the preset's non-null `features.*` settings on top."""
+    """The profile's front-end with the preset's non-null `features.*` settings on top (all but `codec`,
+    which is how the store is written, not what it holds: a runtime setting of the features stage)."""
     settings = {**profile.features.to_dict(),
-                **{k: v for k, v in preset.get("features", {}).items() if v is not None}}
+                **{k: v for k, v in preset.get("features", {}).items() if v is not None and k != "codec"}}
     return FeatureConfig.from_dict(settings)
 
 
@@ -177,7 +178,8 @@ def plan(options: RunOptions) -> list[Stage]:
               io={"out": manifest_dir}, outputs=["manifest/manifest"]),
         Stage("features", "features", ["manifest"],
               {"features": feature_config(profile, preset).to_dict(), "chunk_clips": 32},
-              io={"manifest": manifest_dir, "out": store}, runtime=dask,
+              io={"manifest": manifest_dir, "out": store},
+              runtime={**dask, "codec": preset["features"]["codec"]},
               outputs=["features/features.zarr", "features/features.zarr.bad_clips.csv"]),
     ]
     imported = imported_teachers(options, configured_families(preset))

@@ -113,3 +113,14 @@ def test_stage_times_table_reads_the_records(tmp_path):
     table = markdown(tmp_path, total=70.0)
     assert "| features | features | 4.0 |" in table and "| fold-1/train-cnn | train | 60.0 |" in table
     assert "Sum over stages: 64.0 s; wall time of the whole run: 70.0 s" in table
+
+
+@pytest.mark.slow
+def test_the_codec_comparison_runs_quick_and_names_the_default(tmp_path):
+    """`python -m benchmarks.codecs --quick`: every named codec timed and sized, the default marked."""
+    from benchmarks.codecs import main
+    from cmkd_pipe.pipeline.stores.codecs import CODECS, DEFAULT_CODEC
+
+    data = main(["--quick", "--json", str(tmp_path / "codecs.json")])
+    assert {entry["key"] for entry in data["ratios"]} == {f"codec/{name}/32x64" for name in CODECS}
+    assert any(f"{DEFAULT_CODEC} (default)" in note for note in data["notes"])

@@ -22,7 +22,10 @@ from cmkd_pipe.data_manifests.manifest import Manifest
 from cmkd_pipe.pipeline.audio import load_audio
 from cmkd_pipe.pipeline.config import FeatureConfig
 from cmkd_pipe.pipeline.stores.chunks import StoreError, pending_chunks, read_strings
+from cmkd_pipe.pipeline.stores.codecs import DEFAULT_CODEC, ZARR_DEFAULT, compressors
 from cmkd_pipe.pipeline.stores.feature_store import SCHEMA, FeatureStore, create_feature_store
+from cmkd_pipe.pipeline.training.presets import resolve_config
+from cmkd_pipe.pipeline.training.schema import FeaturesSection as TrainingFeatures
 from cmkd_pipe.stages.features import TooManyBadClips, bad_clips_path, run_features
 
 from faults import cli, kill_group
@@ -300,6 +303,54 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, corpus_writ
     for name in ("valid_frames", "ok", "chunk_stats"):
         np.testing.assert_array_equal(resumed.group[name][:], uninterrupted.group[name][:])
     assert (resumed.mean, resumed.std) == (uninterrupted.mean, uninterrupted.std)
+
+
+# ---------------------------------------------------------------- codec
+
+def test_the_default_codec_is_recorded_and_used(built):
+    store = FeatureStore(built["store"])
+    assert built["summary"]["codec"] == store.codec == store.group.attrs["codec"] == DEFAULT_CODEC
+    assert store.fbank.compressors == compressors(DEFAULT_CODEC)  # what zarr reads the chunks with
+    assert TrainingFeatures().codec == DEFAULT_CODEC  # the preset field's default is the stage's
+
+
+def test_an_explicit_codec_changes_bytes_not_values(tmp_path, built, scheduler):
+    store = tmp_path / "raw.zarr"
+    summary = run_features(built["manifest_dir"], store, config=CONFIG, chunk_clips=CHUNK, scheduler=scheduler,
+                           codec="none", progress=False)
+    raw, default = FeatureStore(store), FeatureStore(built["store"])
+    assert summary["codec"] == raw.codec == "none" and raw.fbank.compressors == ()
+    np.testing.assert_array_equal(raw.read(np.arange(len(raw))), default.read(np.arange(len(default))))
+    assert (raw.mean, raw.std) == (default.mean, default.std)
+    assert raw.fingerprint == default.fingerprint  # the codec is not part of the store's identity
+    size = lambda path: sum(f.stat().st_size for f in (path / "fbank").rglob("c/**/*") if f.is_file())
+    assert size(built["store"]) < size(store)
+
+
+def test_a_store_from_before_the_codec_setting_reads_and_resumes(tmp_path, built, scheduler, monkeypatch):
+    """Written as before `features.codec`: zarr's default compressor and no `codec` attribute."""
+    import cmkd_pipe.pipeline.stores.feature_store as fs
+
+    store = tmp_path / "old.zarr"
+    with monkeypatch.context() as patch:
+        patch.setattr(fs, "compressors", lambda name: "auto")  # create_array's default, as the old code had it
+        run_features(built["manifest_dir"], store, config=CONFIG, chunk_clips=CHUNK, scheduler=scheduler,
+                     progress=False)
+    group = zarr.open_group(store=str(store), mode="r+")
+    del group.attrs["codec"]
+    old, default = FeatureStore(store), FeatureStore(built["store"])
+    assert old.codec == ZARR_DEFAULT and old.fbank.compressors == compressors(ZARR_DEFAULT)
+    np.testing.assert_array_equal(old.read([5, 0, 7]), default.read([5, 0, 7]))
+    summary = run_features(built["manifest_dir"], store, config=CONFIG, scheduler=scheduler, progress=False)
+    assert summary["chunks_run"] == 0 and summary["codec"] == ZARR_DEFAULT  # resumed as it was written
+
+
+def test_an_unknown_codec_is_one_line_naming_the_known_ones(tmp_path, tiny_corpus):
+    with pytest.raises(ValueError, match=r"features.codec 'lzma': unknown; known: none, zstd-1, .*blosc-lz4"):
+        run_features(tiny_corpus, tmp_path / "f.zarr", config=CONFIG, codec="lzma", progress=False)
+    assert not (tmp_path / "f.zarr").exists()
+    with pytest.raises(ValueError, match=r"features.codec = 'lzma'; choose one of \['none'"):
+        resolve_config("demo", ["features.codec=lzma"])
 
 
 # ---------------------------------------------------------------- CLI

@@ -4,6 +4,7 @@ import torch
 import yaml
 
 from cmkd_pipe.pipeline.config import PUBLISHED_STATS, dump_config
+from cmkd_pipe.pipeline.stores.codecs import DEFAULT_CODEC
 from cmkd_pipe.pipeline.training.presets import (SECTIONS, list_presets, load_preset, resolve_config, select_family,
                                        validate_config)
 from cmkd_pipe.pipeline.training.schedule import build_scheduler
@@ -44,7 +45,7 @@ def test_esc50_follows_the_ast_recipe():
                                   "decay_every_epochs": 1, "decay_factor": 0.85, "min_lr_ratio": 0.0}
     assert (config["augment"]["freq_mask"], config["augment"]["time_mask"]) == (24, 96)
     assert config["augment"]["mixup_rate"] == 0.0
-    assert config["features"] == {"target_frames": 512, "num_mel_bins": 128}
+    assert config["features"] == {"target_frames": 512, "num_mel_bins": 128, "codec": DEFAULT_CODEC}
     assert config["norm"]["published_stats"] == "esc50" and config["norm"]["divisor"] == 2.0
     assert PUBLISHED_STATS["esc50"] == (-6.6268077, 5.358466)
     assert (config["model"]["ast"]["fstride"], config["model"]["ast"]["tstride"]) == (10, 10)
@@ -81,7 +82,7 @@ def test_audioset_balanced_and_fsd50k_follow_their_recipes():
 
 def test_demo_is_small():
     demo = load_preset("demo")
-    assert demo["features"] == {"target_frames": 200, "num_mel_bins": 64}
+    assert demo["features"] == {"target_frames": 200, "num_mel_bins": 64, "codec": DEFAULT_CODEC}
     assert demo["train"]["epochs"] == {"cnn": 20, "ast": 100} and demo["data"]["batch_size"] == 32  # ~1 core-min each
     assert demo["augment"]["time_shift"] > 0 and demo["augment"]["mask_fill"] == "mean" and demo["kd"]["views"] >= 2
     assert (demo["data"]["val"], demo["data"]["test"]) == ("fold==2", "fold==1")  # never choose on the test fold

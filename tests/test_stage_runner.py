@@ -24,7 +24,7 @@ from cmkd_pipe.stages.graph import (RUNTIME_TRAIN_KEYS, RunOptions, evidence, in
 
 UNUSUAL = ["augment.mixup_alpha=3.5", "augment.mixup_mode=logmel", "augment.mixup_rate=0.25",
            "augment.freq_mask=7", "augment.time_mask=11", "kd.views=3", "train.seed=7",
-           "features.num_mel_bins=48", "features.target_frames=150"]
+           "features.num_mel_bins=48", "features.target_frames=150", "features.codec=none"]
 
 
 @pytest.fixture
@@ -71,6 +71,8 @@ def test_feature_stage_gets_the_presets_feature_settings(tmp_path, recorder):
     _, kwargs = recorder["features"]
     assert kwargs["config"].num_mel_bins == 48 and kwargs["config"].target_frames == 150
     assert kwargs["config"].frame_shift_ms == 10.0  # the profile's front-end under the preset's settings
+    assert kwargs["codec"] == "none"  # a runtime setting of the stage, not a front-end field
+    assert "codec" not in stages_["features"].identity()["features"]
 
 
 @pytest.mark.parametrize("name", ["fold-1/train-cnn", "fold-1/student-ast-from-cnn",
@@ -108,7 +110,8 @@ def test_identity_holds_every_result_affecting_key(tmp_path):
 
 
 def test_runtime_only_settings_leave_stages_done(tmp_path):
-    """A stage recorded as done stays done when only a runtime knob changes (compile, checkpoint frequency)
+    """A stage recorded as done stays done when only a runtime knob changes (compile, checkpoint frequency,
+    the feature store's codec)
     and is stale, naming the key with its old and new value, when a result-affecting one changes."""
     run_dir = tmp_path / "run"
     before = demo_plan(tmp_path, [])
@@ -116,7 +119,8 @@ def test_runtime_only_settings_leave_stages_done(tmp_path):
         stage = before[name]
         write_record(run_dir / name, stage=stage.kind, config=stage.identity(),
                      inputs=input_fingerprints(stage, run_dir), outputs=[], started=0, finished=1)
-    after = demo_plan(tmp_path, ["train.compile=true", "train.checkpoint_every_steps=5"])
+    after = demo_plan(tmp_path, ["train.compile=true", "train.checkpoint_every_steps=5", "features.codec=none"])
+    assert state(after["features"], run_dir)[0] == "done"  # the codec changes bytes on disk, not values
     assert state(after["fold-1/train-cnn"], run_dir)[0] == "done"
     hotter = demo_plan(tmp_path, ["optim.lr.cnn=0.5"])
     status, detail = state(hotter["fold-1/train-cnn"], run_dir)
@@ -126,13 +130,15 @@ def test_runtime_only_settings_leave_stages_done(tmp_path):
 def test_feature_command_and_graph_reach_the_stage_the_same_way(tmp_path, recorder):
     out = tmp_path / "f.zarr"
     result = CliRunner().invoke(app, ["features", "--manifest", str(tmp_path / "m"), "--out", str(out),
-                                      "--num-mel-bins", "48", "--target-frames", "150", "--chunk-clips", "32"])
+                                      "--num-mel-bins", "48", "--target-frames", "150", "--chunk-clips", "32",
+                                      "--codec", "none"])
     assert result.exit_code == 0, result.output
     _, from_cli = recorder["features"]
     stages_ = demo_plan(tmp_path, UNUSUAL)
     run_from_file(stages_["features"], tmp_path / "run")
     _, from_graph = recorder["features"]
     assert from_cli["config"] == from_graph["config"] and from_cli["chunk_clips"] == from_graph["chunk_clips"]
+    assert from_cli["codec"] == from_graph["codec"] == "none"
 
 
 # ----------------------------------------------------------------------------- failures and reruns

@@ -30,7 +30,7 @@ from cmkd_pipe.pipeline.stores.chunks import StoreError
 from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 from cmkd_pipe.pipeline.stores.integrity import verify_store
 from cmkd_pipe.pipeline.stores.lock import lock_path, store_lock
-from cmkd_pipe.stages.features import _task, bad_clips_path, compute_chunk, run_features
+from cmkd_pipe.stages.features import _clip_list, _task, bad_clips_path, compute_chunk, run_features
 from cmkd_pipe.stages.teacher_logits import inspect_logits, run_teacher_logits
 
 from faults import cli, stage_env
@@ -170,7 +170,7 @@ def test_a_task_of_an_older_generation_cannot_write_into_a_recreated_store(main,
     manifest = Manifest.load(main["manifest_dir"])
     store = tmp_path / "features.zarr"
     old = fs.create_feature_store(store, manifest, CONFIG, CHUNK).attrs["generation"]
-    task = _task(store, manifest, 0, CHUNK, CONFIG, 8, 1e-5, old)
+    task = _task(store, _clip_list(manifest), 0, CHUNK, CONFIG, 8, 1e-5, old)
     fs.create_feature_store(store, manifest, CONFIG, CHUNK)  # --overwrite by another run
     with pytest.raises(StoreError, match="recreated since this chunk task was scheduled"):
         compute_chunk(task)

@@ -16,6 +16,7 @@ from cmkd_pipe.pipeline.config import FeatureConfig, Normalization, fingerprint
 from cmkd_pipe.pipeline.stores.chunks import (StoreError, check_generation, chunk_range, create_store, mark_chunk_done,
                                     n_chunks, open_store, pending_chunks, read_strings, require_complete,
                                     unreadable_chunk)
+from cmkd_pipe.pipeline.stores.codecs import DEFAULT_CODEC, ZARR_DEFAULT, compressors
 from cmkd_pipe.pipeline.stores.integrity import content_digest, invalidate_damaged, record_chunk, require_intact
 from cmkd_pipe.pipeline.version import code_version
 
@@ -28,12 +29,16 @@ def feature_fingerprint(manifest_hash: str, feature_config: FeatureConfig) -> st
 
 
 def create_feature_store(path: str | os.PathLike, manifest: Manifest, config: FeatureConfig,
-                         chunk_clips: int, audio_checks: dict | None = None) -> zarr.Group:
-    """Lay out an empty store for `manifest` (metadata, labels, splits); fbank chunks come later."""
+                         chunk_clips: int, audio_checks: dict | None = None,
+                         codec: str = DEFAULT_CODEC) -> zarr.Group:
+    """Lay out an empty store for `manifest` (metadata, labels, splits); fbank chunks come later, compressed
+    with `codec` (pipeline.stores.codecs; recorded in the attributes and in the array's own metadata)."""
     n, t, f = len(manifest), config.target_frames, config.num_mel_bins
+    fbank_compressors = compressors(codec)
 
     def build(group: zarr.Group) -> None:
-        group.create_array("fbank", shape=(n, t, f), chunks=(chunk_clips, t, f), dtype="float16", fill_value=0)
+        group.create_array("fbank", shape=(n, t, f), chunks=(chunk_clips, t, f), dtype="float16", fill_value=0,
+                           compressors=fbank_compressors)
         group.create_array("valid_frames", shape=(n,), chunks=(chunk_clips,), dtype="int32", fill_value=0)
         group.create_array("ok", shape=(n,), chunks=(chunk_clips,), dtype=bool, fill_value=False)
         group.create_array("reason", shape=(n,), chunks=(chunk_clips,), dtype=str)
@@ -46,6 +51,7 @@ def create_feature_store(path: str | os.PathLike, manifest: Manifest, config: Fe
     attrs = {
         "schema": SCHEMA,
         "feature_config": config.to_dict(),
+        "codec": codec,
         "manifest_hash": manifest.hash(),
         "manifest_name": manifest.name,
         "vocabulary": manifest.vocabulary.to_records(),
@@ -133,6 +139,11 @@ def _chunk_statistics(fbank: np.ndarray, valid: np.ndarray, ok: np.ndarray) -> t
     return total, total_sq, count
 
 
+def store_codec(group: zarr.Group) -> str:
+    """The codec of a store's fbank; stores written before `features.codec` have zarr's default."""
+    return str(group.attrs.get("codec", ZARR_DEFAULT))
+
+
 def store_root(group: zarr.Group) -> Path:
     """The folder of a store opened from a local path."""
     return Path(group.store.root)
@@ -173,6 +184,7 @@ class FeatureStore:
         require_intact(self.group, self.path, "features")
         attrs = self.group.attrs
         self.feature_config = FeatureConfig.from_dict(attrs["feature_config"])
+        self.codec: str = store_codec(self.group)
         self.vocabulary: list[dict] = list(attrs["vocabulary"])
         self.multilabel: bool = bool(attrs["multilabel"])
         self.chunk_clips: int = int(attrs["chunk_clips"])

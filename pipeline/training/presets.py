@@ -22,6 +22,7 @@ import yaml
 
 from cmkd_pipe.pipeline.config import PUBLISHED_STATS, apply_overrides, check_fields, check_type, typed_from_dict
 from cmkd_pipe.pipeline.models.registry import configured_families, family_names, get_family
+from cmkd_pipe.pipeline.stores.codecs import CODECS
 from cmkd_pipe.pipeline.training import schema
 from cmkd_pipe.pipeline.training.schedule import LrSchedule
 
@@ -31,6 +32,7 @@ CHOICES = {
     ("norm", "source"): ("store", "published"),
     ("optim", "name"): ("adam", "adamw"),
     ("eval", "metric"): ("accuracy", "mAP"),
+    ("features", "codec"): tuple(CODECS),
 }
 POSITIVE = {("optim", "lr"): (int, float), ("data", "batch_size"): int, ("data", "prefetch"): int,
             ("features", "target_frames"): int, ("features", "num_mel_bins"): int}

@@ -18,6 +18,7 @@ class FeaturesSection:
 
     target_frames: int = 1024  # frames per clip after padding/trimming (10 ms hop)
     num_mel_bins: int = 128  # Kaldi fbank mel bins
+    codec: str = "blosc-lz4-bitshuffle"  # fbank compression of the feature stage (pipeline.stores.codecs)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class EvalSection:
 # Settings that cannot change a result (how fast, how often a state is saved): left out of a stage's identity
 # (stages/graph.py) and of the config a resumed run must match.
 RUNTIME_KEYS = (("train", "compile"), ("train", "checkpoint_every_steps"), ("data", "loader_workers"),
-                ("data", "prefetch"))
+                ("data", "prefetch"), ("features", "codec"))  # (features.codec: how the store's bytes are compressed)
 
 
 SECTIONS: dict[str, type | None] = {

@@ -85,10 +85,14 @@ def build_trainer(request: TrainRequest, dist: DistInfo) -> Trainer:
 
 
 def without_runtime(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` without the data-loader settings (schema.RUNTIME_KEYS of the data section): a run may resume
-    with other loader workers. (The train-section keys stay: states written before this kept them.)"""
-    data = {key: value for key, value in config.get("data", {}).items() if ("data", key) not in RUNTIME_KEYS}
-    return {**config, "data": data}
+    """`config` without the data-loader settings and the store codec (schema.RUNTIME_KEYS of the data and
+    features sections): a run may resume with other loader workers or a recompressed store. (The
+    train-section keys stay: states written before this kept them.)"""
+    out = dict(config)
+    for section in ("data", "features"):
+        out[section] = {key: value for key, value in config.get(section, {}).items()
+                        if (section, key) not in RUNTIME_KEYS}
+    return out
 
 
 def check_feature_settings(config: dict[str, Any], store: FeatureStore) -> None:
