@@ -166,7 +166,8 @@ def test_a_plugin_family_runs_through_the_stage_graph(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     make_demo_corpus(data, clips_per_class=3, n_folds=3, clip_seconds=1.0)
     settings = ["train.epochs=1", "average.wa_start_epoch=null", "average.wa_end_epoch=null", "data.batch_size=8",
-                "average.ensemble=false", "augment.freq_mask=8", "augment.time_mask=20", *WITH_CRNN]
+                "average.ensemble=false", "augment.freq_mask=8", "augment.time_mask=20", "eval.every_epochs.crnn=1",
+                *WITH_CRNN]  # (the demo preset's per-family settings need a CRNN value too)
     env = stage_env(**{PLUGINS_ENV: PLUGIN})
     for target in ("fold-1/student-cnn-from-crnn", "fold-1/student-crnn-from-cnn"):
         done = subprocess.run(cli("run", "--dataset", "demo", "--data-root", str(data), "--run-dir", str(run),
