@@ -95,12 +95,10 @@ class Splits:
 
 @dataclass
 class FitOutcome:
-    """What the loop hands the train stage: the last epoch's test metrics (None when the test split was not
-    scored every epoch, or a resumed run had already finished), the best validation epoch (its test
-    metrics under "test" when they were computed), the checkpoint ensemble's test scores and the running
-    weight average of the WA epochs."""
+    """What the loop hands the train stage (which scores the final models on the test split): the best
+    validation epoch (its test metrics under "test" when they were computed), the checkpoint ensemble's
+    test scores and the running weight average of the WA epochs."""
 
-    last: dict[str, Any] | None
     best: dict[str, Any]
     ensemble: EnsembleAccumulator
     weight_average: WeightAverage
@@ -269,7 +267,6 @@ class Trainer:
         ensemble = bool(cfg["average"].get("ensemble", True))
         every = int(cfg["eval"].get("every_epochs") or 1)
         wa_start, wa_end = wa_range(cfg)
-        test_metrics = None
         while self.epoch < self.epochs:
             row = {"epoch": self.epoch + 1, **self.train_epoch(position)}
             position = 0
@@ -300,7 +297,7 @@ class Trainer:
             if logger:
                 logger.log(row)
             barrier(self.dist)
-        return FitOutcome(test_metrics, self.best, self.ensemble, self.weight_average)
+        return FitOutcome(self.best, self.ensemble, self.weight_average)
 
     def best_path(self) -> Path:
         return self.out / "best.pt"
