@@ -107,10 +107,10 @@ def write_run_folder(trainer: Trainer, outcome: FitOutcome, logger: RunLogger | 
     writes; every rank takes part in the gathered predictions and returns the results)."""
     out, store, test = trainer.out, trainer.store, trainer.splits.test
     last, final_scores = trainer.evaluate(test)  # the last epoch's model (also when test was scored per epoch)
+    best = {"epoch": outcome.best["epoch"], **best_test_metrics(trainer, outcome)}
     results: dict[str, Any] = {"arch": trainer.checkpoint_meta["extra"]["arch"], "metric": trainer.metric,
                                "epochs": trainer.epochs, "multilabel": store.multilabel, "n_test": int(len(test)),
-                               "last": last, "best": {"epoch": outcome.best["epoch"], **best_test_metrics(trainer,
-                                                                                                      outcome)}}
+                               "last": last, "best": best}
     export = "last"
     if outcome.weight_average.count:
         wa_model = copy.deepcopy(trainer.core)
