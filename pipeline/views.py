@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from cmkd_pipe.pipeline.augment import ViewParams, ViewSpec, ViewTable, apply_recipe, mask_fill_value, view_params
+from cmkd_pipe.pipeline.augment import (Recipe, ViewParams, ViewSpec, ViewTable, apply_recipe, mask_fill_value,
+                                        view_params)
 from cmkd_pipe.pipeline.stores.chunk_cache import ChunkCache
 from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 
@@ -53,24 +54,20 @@ class ViewBuilder:
             return self.stored(np.asarray(rows, dtype=np.int64), np.asarray(views, dtype=np.int64))
         return self.draw_table(rows, views)
 
-    def inputs(self, rows: Sequence[int], x: np.ndarray, table: ViewTable) -> torch.Tensor:
-        """The view inputs [B, T, F] float32 of clips `rows` whose raw fbank is `x` [B, T, F], by `table`."""
+    def sources(self, rows: Sequence[int], x: np.ndarray, table: ViewTable
+                ) -> tuple[torch.Tensor, torch.Tensor, Recipe]:
+        """What `apply_recipe` builds the views of clips `rows` (raw fbank `x` [B, T, F]) from: the rows then
+        their partners' rows [B + E, T, F] (as stored), their valid frame counts [B + E], and the recipe."""
         rows = np.asarray(rows, dtype=np.int64)
         partners = table.partner[table.partner >= 0]
         source = torch.from_numpy(np.concatenate([x, self.cache.rows(partners).astype(x.dtype, copy=False)]))
-        valid = self.store.valid_frames[np.concatenate([rows, partners])]
-        out = apply_recipe(source, table.recipe(partner_positions(table.partner, len(rows))), self.mix_mode,
-                           self.mask_value, torch.from_numpy(valid.astype(np.int64)))
-        return out.float()
+        valid = torch.from_numpy(self.store.valid_frames[np.concatenate([rows, partners])].astype(np.int64))
+        return source, valid, table.recipe(partner_positions(table.partner, len(rows)))
 
-    def build(self, rows: Sequence[int], x: np.ndarray, views: Sequence[int]
-              ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """Inputs of `views` for clips `rows` whose raw fbank is `x` [B, T, F].
-
-        Returns (augmented raw log-mel [B, T, F] float32, partner rows [B] (−1: none), λ [B]).
-        """
-        table = self.table(rows, views)
-        return self.inputs(rows, x, table), table.partner, table.lam
+    def inputs(self, rows: Sequence[int], x: np.ndarray, table: ViewTable) -> torch.Tensor:
+        """The view inputs [B, T, F] float32 of clips `rows` whose raw fbank is `x` [B, T, F], by `table`."""
+        source, valid, recipe = self.sources(rows, x, table)
+        return apply_recipe(source, recipe, self.mix_mode, self.mask_value, valid).float()
 
 
 def partner_positions(partner: np.ndarray, first: int) -> np.ndarray:

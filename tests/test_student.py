@@ -156,7 +156,9 @@ def test_cached_teacher_uses_the_cached_logits_of_the_sampled_view(world):
                                rtol=0, atol=1e-6)
     np.testing.assert_allclose(teacher_p[clean].numpy(), probabilities(cached[clean, 0]), rtol=0, atol=1e-6)
 
-    inputs, partners, view_lam = teacher.views.build(indices[viewed], raw[viewed], view[viewed].tolist())
+    table = teacher.views.table(indices[viewed], np.asarray(view[viewed]))
+    inputs = teacher.views.inputs(indices[viewed], raw[viewed], table)
+    partners, view_lam = table.partner, table.lam
     np.testing.assert_array_equal(x[viewed].numpy(), inputs.numpy())
     model, meta = load_checkpoint(world["teacher"])
     with torch.no_grad():

@@ -157,8 +157,9 @@ def test_the_students_replay_of_every_view_reproduces_the_stored_logits(main):
     x = ChunkCache(store.fbank, store.chunk_clips).rows(rows)
     mixed = 0
     for view in (1, 2):
-        inputs, partners, lam = builder.build(rows, x, [view] * len(rows))
-        mixed += int((partners >= 0).sum())
+        table = builder.table(rows, [view] * len(rows))
+        inputs = builder.inputs(rows, x, table)
+        mixed += int((table.partner >= 0).sum())
         np.testing.assert_allclose(logits[rows, view], forward(main["model"], inputs, main["norm"]),
                                    rtol=0, atol=1e-5)
         assert np.abs(logits[:, view] - logits[:, 0]).max() > 1e-2  # views are not the clean input

@@ -45,7 +45,7 @@ from cmkd_pipe.pipeline.stores.feature_store import FeatureStore
 from cmkd_pipe.pipeline.stores.logits_store import LogitsStore
 from cmkd_pipe.pipeline.training.distributed import DistInfo, predict_rows
 from cmkd_pipe.pipeline.training.loader import StepBatch
-from cmkd_pipe.pipeline.views import ViewBuilder, partner_positions
+from cmkd_pipe.pipeline.views import ViewBuilder
 
 TeacherProbs = Callable[[torch.Tensor], torch.Tensor]  # teacher logits -> KD target (τ applied), e.g. CMKDLoss
 
@@ -144,14 +144,11 @@ class CachedPlan:
                              mix_targets(y, draws.perm, draws.lam), cached[:, 0], draws.perm, draws.lam)
         table = views.table(rows, view.numpy())  # view 0: the clean input
         has = table.partner >= 0
-        partners = table.partner[has]
-        source = np.concatenate([x, views.cache.rows(partners).astype(x.dtype, copy=False)])
         weight = torch.from_numpy(table.lam[has]).float()[:, None]  # targets mixed with the view's partner by its λ
         y[torch.from_numpy(has)] = weight * y[torch.from_numpy(has)] + (1 - weight) * torch.from_numpy(
-            store.targets[partners].astype(np.float32))
-        return StepBatch(torch.from_numpy(rows), torch.from_numpy(source),
-                         _valid(store, np.concatenate([rows, partners])),
-                         table.recipe(partner_positions(table.partner, n)), y, cached[torch.arange(n), view],
+            store.targets[table.partner[has]].astype(np.float32))
+        source, valid, recipe = views.sources(rows, x, table)
+        return StepBatch(torch.from_numpy(rows), source, valid, recipe, y, cached[torch.arange(n), view],
                          torch.arange(n), torch.ones(n))
 
 
