@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from cmkd_pipe.data_manifests.digest import audio_digest, index_files
+from cmkd_pipe.pipeline import warm_process
 from cmkd_pipe.pipeline.config import FeatureConfig
 from cmkd_pipe.pipeline.datasets import DatasetProfile, fold_overrides, get_profile, next_fold
 from cmkd_pipe.pipeline.models.registry import configured_families
@@ -47,6 +48,10 @@ CONFIG_NAME = "config.json"
 PREVIOUS = "previous"  # a stale stage's last outputs, kept until its next rerun
 KINDS = ("manifest", "features", "import-teacher", "train", "teacher-logits", "train-student", "report")
 CHUNKED = ("features", "teacher-logits")  # the stages that run chunk tasks on Dask
+# What a warm-started stage finds imported (RunOptions.warm_start): the ~3 s every stage would spend on them.
+WARM_PRELOAD = ["torch", "timm", "zarr", "pandas", "matplotlib.figure", "matplotlib.backends.backend_agg",
+                "cmkd_pipe.cli.app", "cmkd_pipe.cli.stage_runner", "cmkd_pipe.stages.train",
+                "cmkd_pipe.stages.teacher_logits", "cmkd_pipe.stages.evaluate", "cmkd_pipe.stages.report"]
 SCHEDULER_VARIABLE = "CMKD_PIPE_SCHEDULER"  # a shared cluster's address for the stage processes of one run
 RUNTIME_TRAIN_KEYS = RUNTIME_KEYS  # training settings that cannot change a result: never part of an identity
 
@@ -94,6 +99,7 @@ class RunOptions:
     teachers: list[str] = field(default_factory=list)  # published teachers, "PATH" or "FAMILY=PATH" (import-teacher)
     teacher_labels: str | None = None  # labels CSV of a published teacher whose files do not name its outputs
     allow_unmapped: bool = False  # accept corpus classes a published teacher has no label for
+    warm_start: bool = True  # start stages forked from a process with torch & co. imported (pipeline/warm_process.py)
 
 
 def groups(profile: DatasetProfile, folds: list[int] | None = None,
@@ -385,7 +391,11 @@ def run_stage(stage: Stage, run_dir: Path, options: RunOptions, threads: int | N
     with open(log, "ab") as handle:
         handle.write(f"\n$ {' '.join(command)}\n".encode())
         handle.flush()
-        code = _call_logged(command, env, handle, on_progress)
+        if options.warm_start and not _torchrun(stage, options):
+            process = warm_process.start(command[1:], env, WARM_PRELOAD)  # `command` minus the interpreter's imports
+        else:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        code = _call_logged(process, handle, on_progress)
     if code != 0:
         error = describe_exit(code, log)
         if set_aside:
@@ -399,10 +409,10 @@ def run_stage(stage: Stage, run_dir: Path, options: RunOptions, threads: int | N
                         extra={"labels": stage.labels, "evidence": evidence(stage)})
 
 
-def _call_logged(command: list[str], env: dict[str, str], log, on_progress: Callable[[str], None] | None) -> int:
-    """Run `command`, writing its output to `log` one line per update: progress bars redraw a line with
-    carriage returns, which become line ends here, so a log holds no half-drawn frames."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+def _call_logged(process: subprocess.Popen | warm_process.WarmProcess, log,
+                 on_progress: Callable[[str], None] | None) -> int:
+    """Wait for a started stage, writing its output to `log` one line per update: progress bars redraw a
+    line with carriage returns, which become line ends here, so a log holds no half-drawn frames."""
     pending = b""
     for block in iter(lambda: process.stdout.read1(65536), b""):
         pending += block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -427,9 +437,13 @@ def describe_exit(code: int, log: Path) -> str:
     return _last_error(log) or f"exit code {code}"
 
 
+def _torchrun(stage: Stage, options: RunOptions) -> bool:
+    return stage.distributed and options.nproc > 1
+
+
 def _command(stage: Stage, folder: Path, options: RunOptions) -> list[str]:
     args = ["-m", "cmkd_pipe.cli.app", "run-stage", str(folder)]
-    if stage.distributed and options.nproc > 1:
+    if _torchrun(stage, options):
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={options.nproc}",
                 *args]
     return [sys.executable, *args]

@@ -142,23 +142,25 @@ def test_feature_command_and_graph_reach_the_stage_the_same_way(tmp_path, record
 
 
 # ----------------------------------------------------------------------------- failures and reruns
-def _fake_stage(tmp_path: Path, monkeypatch, script: str):
-    """The report stage of a demo plan, run by `python -c script` instead of the real command."""
+def _fake_stage(tmp_path: Path, monkeypatch, script: str, warm_start: bool = True):
+    """The report stage of a demo plan, run by `python -c script` instead of the real command (in a process
+    forked from the warm server, or a new interpreter)."""
     import sys
 
     from cmkd_pipe.stages import graph
 
     monkeypatch.setattr(graph, "_command", lambda stage, folder, options: [sys.executable, "-c", script])
-    options = RunOptions("demo", tmp_path / "run", tmp_path / "data", folds=[1])
+    options = RunOptions("demo", tmp_path / "run", tmp_path / "data", folds=[1], warm_start=warm_start)
     stage = next(s for s in plan(options) if s.name == "report")
     stage.deps = []
     return graph, options, stage
 
 
-def test_a_killed_stage_is_recorded_as_killed_and_its_log_has_no_frames(tmp_path, monkeypatch):
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_a_killed_stage_is_recorded_as_killed_and_its_log_has_no_frames(tmp_path, monkeypatch, warm_start):
     script = ("import os, signal, sys; sys.stdout.write('step 1/4\\rstep 2/4\\rstep 3/4\\n'); sys.stdout.flush(); "
               "os.kill(os.getpid(), signal.SIGKILL)")
-    graph, options, stage = _fake_stage(tmp_path, monkeypatch, script)
+    graph, options, stage = _fake_stage(tmp_path, monkeypatch, script, warm_start)
     with pytest.raises(graph.StageFailed, match="killed by signal 9 \\(SIGKILL\\)"):
         graph.run_stage(stage, options.run_dir, options)
     failure = json.loads((options.run_dir / "report" / "failed.json").read_text())
@@ -168,13 +170,44 @@ def test_a_killed_stage_is_recorded_as_killed_and_its_log_has_no_frames(tmp_path
     assert graph.state(stage, options.run_dir)[0] == "failed"
 
 
-def test_an_error_line_is_the_failure_not_a_progress_frame(tmp_path, monkeypatch):
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_an_error_line_is_the_failure_not_a_progress_frame(tmp_path, monkeypatch, warm_start):
     script = "import sys; print('error: /data/x.wav: no such file'); print('50%|#####', end='\\r'); sys.exit(1)"
-    graph, options, stage = _fake_stage(tmp_path, monkeypatch, script)
+    graph, options, stage = _fake_stage(tmp_path, monkeypatch, script, warm_start)
     with pytest.raises(graph.StageFailed):
         graph.run_stage(stage, options.run_dir, options)
     failure = json.loads((options.run_dir / "report" / "failed.json").read_text())
     assert failure["error"] == "error: /data/x.wav: no such file"
+
+
+def test_a_warm_stage_starts_with_torch_imported_and_runs_as_a_new_interpreter_would(tmp_path, monkeypatch):
+    """The warm route: torch already imported, the graph's environment and thread count, stderr and a
+    message of sys.exit in the log, atexit handlers run, exit code 1; the next stage starts clean."""
+    script = ("import sys; warm = 'torch' in sys.modules; import atexit, os, torch; "
+              "print('warm', warm, os.environ['CMKD_PIPE_TRACEBACK'], os.environ.get('LEAK'), "
+              "torch.get_num_threads(), sys.argv); "
+              "os.environ['LEAK'] = 'x'; atexit.register(print, 'atexit ran'); "
+              "sys.stderr.write('to stderr\\n'); sys.exit('error: stopped on purpose')")
+    graph, options, stage = _fake_stage(tmp_path, monkeypatch, script)
+    for attempt in range(2):
+        with pytest.raises(graph.StageFailed, match="error: stopped on purpose"):
+            graph.run_stage(stage, options.run_dir, options, threads=2)
+    runs = (options.run_dir / "report" / "log.txt").read_text().split("\n$ ")[1:]
+    assert len(runs) == 2
+    for log in runs:
+        assert "warm True 1 None 2 ['-c']" in log
+        assert "to stderr" in log and "atexit ran" in log and "error: stopped on purpose" in log
+
+
+def test_a_warm_process_runs_a_module_with_its_arguments():
+    from cmkd_pipe.pipeline import warm_process
+    from cmkd_pipe.stages.graph import WARM_PRELOAD
+
+    process = warm_process.start(["-m", "json.tool", "--no-such-flag"], {"PATH": "/usr/bin"}, WARM_PRELOAD)
+    output = process.stdout.read()
+    assert process.wait() == 2 and b"--no-such-flag" in output
+    with pytest.raises(ValueError, match="-m MODULE"):
+        warm_process.start(["script.py"], {}, [])
 
 
 def _stale_report(tmp_path: Path, monkeypatch, script: str):
