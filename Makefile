@@ -40,14 +40,20 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
+# pip compiles every installed file to bytecode on one core; compileall on all cores is ~15 s faster (files
+# that do not compile are skipped, as pip skips them).
+COMPILE = $(VENV)/bin/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e .
+	$(VENV)/bin/pip install --quiet --no-compile -e .
+	$(COMPILE)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet --no-compile -e '.[test]'
+	$(COMPILE)
 	touch $@
 
 # The fast tier (<= 4 min on 2 cores): everything but the tests marked slow (SIGKILL/fault, cluster,
