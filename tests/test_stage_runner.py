@@ -6,6 +6,7 @@ The stage functions are replaced by recorders, so these tests check the route (p
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,9 @@ def test_a_warm_process_runs_a_module_with_its_arguments():
     process = warm_process.start(["-m", "json.tool", "--no-such-flag"], {"PATH": "/usr/bin"}, WARM_PRELOAD)
     output = process.stdout.read()
     assert process.wait() == 2 and b"--no-such-flag" in output
+    process = warm_process.start(["-m", "cmkd_pipe.cli.app", "run-stage", "--help"], dict(os.environ), WARM_PRELOAD)
+    output = process.stdout.read()
+    assert process.wait() == 0 and b"config.json" in output and b"Warning" not in output  # no runpy warning
     with pytest.raises(ValueError, match="-m MODULE"):
         warm_process.start(["script.py"], {}, [])
 
