@@ -1,7 +1,7 @@
 """Python processes started warm: `python ARGS…` run in a process forked from a server that has already
 imported the heavy modules (torch, timm, …), instead of a new interpreter that imports them again.
 
-A new interpreter spends ~3 s on imports before a stage does any work, and the demo runs ~40 stages. The
+A new interpreter spends ~3 s on imports before a stage does any work, and the demo runs 30 stages. The
 server is multiprocessing's forkserver, started by this process's first `start` with the modules named in
 `preload` imported (none may start a thread at import: the server forks). Each process is a fresh fork,
 so one process's state never reaches another. `start(argv, env, preload)` behaves like
