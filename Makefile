@@ -40,7 +40,7 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-# pip compiles every installed file to bytecode on one core; compileall on all cores is ~15 s faster (files
+# pip compiles every installed file to bytecode on one core; compileall on all cores is ~20 s faster (files
 # that do not compile are skipped, as pip skips them).
 COMPILE = $(VENV)/bin/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 
