@@ -77,6 +77,9 @@ def _run(argv: list[str], env: dict[str, str], output: Connection) -> None:
     try:
         if option == "-m":
             sys.argv = [target, *args]
+            # as in a new interpreter, the module is not imported before it runs as __main__ (multiprocessing
+            # re-imports the parent's main script here, and the `cmkd-pipe` script imports cmkd_pipe.cli.app)
+            sys.modules.pop(target, None)
             runpy.run_module(target, run_name="__main__", alter_sys=True)
         else:
             sys.argv = ["-c", *args]

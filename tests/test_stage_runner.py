@@ -6,7 +6,6 @@ The stage functions are replaced by recorders, so these tests check the route (p
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -207,11 +206,29 @@ def test_a_warm_process_runs_a_module_with_its_arguments():
     process = warm_process.start(["-m", "json.tool", "--no-such-flag"], {"PATH": "/usr/bin"}, WARM_PRELOAD)
     output = process.stdout.read()
     assert process.wait() == 2 and b"--no-such-flag" in output
-    process = warm_process.start(["-m", "cmkd_pipe.cli.app", "run-stage", "--help"], dict(os.environ), WARM_PRELOAD)
-    output = process.stdout.read()
-    assert process.wait() == 0 and b"config.json" in output and b"Warning" not in output  # no runpy warning
     with pytest.raises(ValueError, match="-m MODULE"):
         warm_process.start(["script.py"], {}, [])
+
+
+def test_a_warm_stage_started_by_the_cli_script_runs_the_cli_module_fresh(tmp_path):
+    """The parent's main script is re-imported in the forked process (multiprocessing); like `cmkd-pipe`,
+    this one imports cmkd_pipe.cli.app, which must still run as __main__ without runpy's warning."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "cli_like.py"
+    script.write_text("from cmkd_pipe.cli.app import main\n"
+                      "if __name__ == '__main__':\n"
+                      "    import os, sys\n"
+                      "    from cmkd_pipe.pipeline import warm_process\n"
+                      "    from cmkd_pipe.stages.graph import WARM_PRELOAD\n"
+                      "    process = warm_process.start(['-m', 'cmkd_pipe.cli.app', 'run-stage', '--help'],\n"
+                      "                                 dict(os.environ), WARM_PRELOAD)\n"
+                      "    sys.stdout.buffer.write(process.stdout.read())\n"
+                      "    sys.exit(process.wait())\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=120)
+    assert result.returncode == 0 and b"config.json" in result.stdout, result.stdout + result.stderr
+    assert b"Warning" not in result.stdout + result.stderr
 
 
 def _stale_report(tmp_path: Path, monkeypatch, script: str):
