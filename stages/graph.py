@@ -49,7 +49,7 @@ PREVIOUS = "previous"  # a stale stage's last outputs, kept until its next rerun
 KINDS = ("manifest", "features", "import-teacher", "train", "teacher-logits", "train-student", "report")
 CHUNKED = ("features", "teacher-logits")  # the stages that run chunk tasks on Dask
 # What a warm-started stage finds imported (RunOptions.warm_start): the ~3 s every stage would spend on them.
-# Not cmkd_pipe.cli.app itself: the stage runs it as __main__ (runpy warns when it is imported already).
+# Not cmkd_pipe.cli.app: a stage runs it afresh as __main__ (warm_process drops an imported copy first).
 WARM_PRELOAD = ["torch", "timm", "zarr", "pandas", "typer", "matplotlib.figure", "matplotlib.backends.backend_agg",
                 "cmkd_pipe.cli.common", "cmkd_pipe.cli.stage_runner", "cmkd_pipe.stages.train",
                 "cmkd_pipe.stages.teacher_logits", "cmkd_pipe.stages.evaluate", "cmkd_pipe.stages.report"]
